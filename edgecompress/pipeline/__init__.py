@@ -1,0 +1,1 @@
+"""The compression pipeline: recipe, stages, runner, report and CLI."""

@@ -1,0 +1,119 @@
+"""The one place that talks to Ultralytics: load a checkpoint, check a dataset, evaluate, export to ONNX."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing may reach the network: no AMP check, font or asset download
+
+import torch  # noqa: E402
+import ultralytics.data.dataset as _ul_dataset  # noqa: E402
+from ultralytics.data.utils import check_det_dataset  # noqa: E402
+from ultralytics.engine.exporter import Exporter  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
+from ultralytics.utils import YAML  # noqa: E402
+from ultralytics.utils.torch_utils import get_flops  # noqa: E402
+
+from edgecompress.errors import UserError  # noqa: E402
+
+
+def _no_cache_write(_prefix: str, _path: Path, x: dict[str, Any], version: str) -> None:
+    """Ultralytics writes labels/*.cache beside a dataset's labels; the user's dataset is never modified."""
+    x["version"] = version  # the one side effect its callers rely on
+
+
+_ul_dataset.save_dataset_cache_file = _no_cache_write
+
+UNSUPPORTED_TASKS = {"segment": "segmentation", "pose": "pose", "obb": "oriented-box", "classify": "classification"}
+
+
+def load_model(path: str | Path) -> DetectionModel:
+    """Load an Ultralytics detection checkpoint as an FP32 eval-mode model, or raise a UserError saying why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the path of your trained best.pt with --model")
+    if path.suffix != ".pt":
+        raise UserError(f"checkpoint {path} is not a .pt file; pass an Ultralytics PyTorch checkpoint (best.pt)")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty; re-copy or re-export it from training")
+    try:
+        model, _ = load_checkpoint(path)
+    except (TypeError, ModuleNotFoundError, AttributeError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} cannot be loaded as an Ultralytics model: {first}") from e
+    task = getattr(model, "task", "detect")
+    if task in UNSUPPORTED_TASKS or not isinstance(model, DetectionModel):
+        kind = UNSUPPORTED_TASKS.get(task, type(model).__name__)
+        raise UserError(f"checkpoint {path} is a {kind} model; only detection models are supported yet")
+    return model
+
+
+def describe(model: DetectionModel, imgsz: int) -> dict[str, Any]:
+    """Architecture facts for the report: family, classes, parameters and GFLOPs at `imgsz`."""
+    return {
+        "architecture": Path(str(model.yaml.get("yaml_file", ""))).stem or "custom",
+        "classes": len(model.names),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "gflops": round(get_flops(model, imgsz), 3),
+        "stride": int(model.stride.max()),
+    }
+
+
+def check_dataset(data: str | Path, classes: int) -> dict[str, Any]:
+    """Parse and check a dataset YAML (never downloads); its class count must match the model's."""
+    data = Path(data)
+    if not data.is_file():
+        raise UserError(f"dataset YAML {data} does not exist; pass the data.yaml the model was trained with")
+    try:
+        info = check_det_dataset(str(data), autodownload=False)
+    except (FileNotFoundError, SyntaxError, KeyError, ValueError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"dataset YAML {data} is not usable: {first}") from e
+    if info["nc"] != classes:
+        raise UserError(
+            f"dataset YAML {data} has {info['nc']} classes but the model has {classes}; "
+            f"pass the dataset the model was trained on"
+        )
+    return info
+
+
+def evaluate(weights: str | Path | DetectionModel, data: str | Path, imgsz: int, split: str, conf: float,
+             iou: float, device: str, workdir: Path) -> dict[str, Any]:
+    """mAP of `weights` run in its own runtime (chosen by Ultralytics' AutoBackend from the artifact's name).
+
+    Batch 1 and square letterboxed input (rect=False) for every artifact, PyTorch included, so the baseline is
+    measured exactly as the exported static-shape artifacts are.
+    """
+    args = {
+        "task": "detect", "mode": "val", "data": str(data), "imgsz": imgsz, "batch": 1, "device": device,
+        "split": split, "conf": conf, "iou": iou, "rect": False, "plots": False, "save_json": False,
+        "verbose": False, "project": str(workdir), "name": "val", "exist_ok": True,
+    }
+    validator = DetectionValidator(args=args)
+    model = weights if isinstance(weights, torch.nn.Module) else str(weights)
+    stats = validator(model=model)
+    return {
+        "map50": round(float(stats["metrics/mAP50(B)"]), 5),
+        "map50_95": round(float(stats["metrics/mAP50-95(B)"]), 5),
+        "precision": round(float(stats["metrics/precision(B)"]), 5),
+        "recall": round(float(stats["metrics/recall(B)"]), 5),
+        "images": len(validator.dataloader.dataset),
+        "val_speed_ms": {k: round(v, 3) for k, v in validator.speed.items() if k != "loss"},
+    }
+
+
+def export_onnx(model: DetectionModel, imgsz: int, folder: Path, stem: str) -> tuple[Path, Path]:
+    """FP32 ONNX (batch 1, static shape, simplified with onnxslim) carrying Ultralytics' metadata.
+
+    Returns the ONNX path and a metadata.yaml that conversions to other runtimes carry along.
+    """
+    model.pt_path = str(folder / f"{stem}.pt")  # Ultralytics writes the export beside pt_path: keep it in `folder`
+    exporter = Exporter(overrides={"format": "onnx", "imgsz": imgsz, "batch": 1, "simplify": True,
+                                   "dynamic": False, "device": "cpu", "verbose": False})
+    onnx_path = Path(exporter(model=model))
+    metadata = folder / "metadata.yaml"
+    YAML.save(metadata, exporter.metadata)
+    return onnx_path, metadata
