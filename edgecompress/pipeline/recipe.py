@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
+from edgecompress.bench import BenchConfig
 from edgecompress.pipeline.config import ConfigError, from_dict, require, to_dict
 from edgecompress.pipeline.finetune import FinetuneConfig
 from edgecompress.pipeline.prune import PruneConfig
@@ -25,28 +26,10 @@ class EvalConfig:
     split: Literal["val", "test"] = "val"
     conf: float = 0.001  # Ultralytics' mAP convention: keep low-confidence boxes so the PR curve is complete
     iou: float = 0.7
-    max_images: int = 0  # 0 = the whole split; a positive number evaluates the first N images (smoke tests)
 
     def __post_init__(self) -> None:
         require(0.0 <= self.conf < 1.0, f"eval.conf must be in [0, 1), got {self.conf}")
         require(0.0 < self.iou <= 1.0, f"eval.iou must be in (0, 1], got {self.iou}")
-        require(self.max_images >= 0, f"eval.max_images must be >= 0 (0 = all), got {self.max_images}")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """How latency is timed: warm-up runs, then up to `runs` timed runs or `max_seconds`, whichever ends first."""
-
-    warmup: int = 10
-    runs: int = 100
-    max_seconds: float = 30.0
-    threads: int = 0  # 0 = the runtime's default (all physical cores)
-
-    def __post_init__(self) -> None:
-        require(self.warmup >= 0, f"bench.warmup must be >= 0, got {self.warmup}")
-        require(self.runs >= 1, f"bench.runs must be >= 1, got {self.runs}")
-        require(self.max_seconds > 0, f"bench.max_seconds must be > 0, got {self.max_seconds}")
-        require(self.threads >= 0, f"bench.threads must be >= 0 (0 = runtime default), got {self.threads}")
 
 
 @dataclass(frozen=True)

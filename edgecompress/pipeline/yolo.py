@@ -51,6 +51,30 @@ def load_model(path: str | Path) -> DetectionModel:
     return model
 
 
+def save_checkpoint(model: DetectionModel, path: str | Path, half: bool = True) -> Path:
+    """Save `model` as an Ultralytics checkpoint that `ultralytics.YOLO(path)` and `load_model` read back as is.
+
+    The module itself is pickled (as Ultralytics does), so a pruned model keeps its pruned widths; FP16 like
+    Ultralytics' own checkpoints unless `half` is False (exact weights for a checkpoint that is trained further).
+    """
+    from copy import deepcopy
+    from datetime import datetime
+
+    from ultralytics import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = deepcopy(model).float()
+    saved.criterion = None  # training-only state
+    args = saved.args if isinstance(saved.args, dict) else vars(saved.args) if hasattr(saved, "args") else {}
+    saved.args = {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    for p in saved.parameters():
+        p.requires_grad_(False)
+    torch.save({"date": datetime.now().isoformat(), "version": __version__, "model": saved.half() if half else saved,
+                "train_args": saved.args}, path)
+    return path
+
+
 def describe(model: DetectionModel, imgsz: int) -> dict[str, Any]:
     """Architecture facts for the report: family, classes, parameters and GFLOPs at `imgsz`."""
     return {
@@ -117,3 +141,38 @@ def export_onnx(model: DetectionModel, imgsz: int, folder: Path, stem: str) -> t
     metadata = folder / "metadata.yaml"
     YAML.save(metadata, exporter.metadata)
     return onnx_path, metadata
+
+
+def split_images(info: dict[str, Any], split: str) -> list[Path]:
+    """The image files of one split of a checked dataset, sorted (folders, list files or lists of either)."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    entries = info.get(split)
+    if not entries:
+        raise UserError(f"the dataset has no '{split}' split; add '{split}: images/{split}' to its YAML")
+    files: list[Path] = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        entry = Path(entry)
+        if entry.is_dir():
+            files += [p for p in entry.rglob("*") if p.suffix[1:].lower() in IMG_FORMATS]
+        elif entry.is_file():
+            files += [(entry.parent / line.strip()).resolve() for line in entry.read_text().splitlines() if line.strip()]
+    if not files:
+        raise UserError(f"the dataset's '{split}' split ({entries}) holds no images; point it at a folder of images")
+    return sorted(files)
+
+
+def dataset_fingerprint(info: dict[str, Any]) -> str:
+    """A hash of the dataset's YAML and of every image and label file's name, size and mtime: changes when they do."""
+    from ultralytics.data.utils import img2label_paths
+
+    from edgecompress.pipeline.cache import digest
+
+    listing = []
+    for split in ("train", "val", "test"):
+        if info.get(split):
+            images = split_images(info, split)
+            for p in [*images, *map(Path, img2label_paths([str(i) for i in images]))]:
+                stat = p.stat() if p.exists() else None
+                listing.append((str(p), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1))
+    return digest({"yaml": Path(info["yaml_file"]).read_text(), "files": listing})

@@ -1,0 +1,110 @@
+"""`compress`: the command line. Flags are a shorthand for a recipe; `--recipe FILE` loads a whole one.
+
+Exit status: 0 when every gate holds, 1 when a gate fails, 2 on bad input, 3 on an internal error,
+130 when interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from edgecompress import __version__
+from edgecompress.errors import UserError
+
+EPILOG = """examples:
+  compress                                   run the embedded demo (a small raccoon model and dataset)
+  compress --model best.pt --data data.yaml --target x86
+  compress --recipe release.yaml --max-map-drop 1.0 --max-latency-ms 30
+
+exit status: 0 all gates hold, 1 a gate failed (the report says which), 2 bad input,
+3 internal error, 130 interrupted (rerun the same command to resume where it stopped)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compress", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Prune, quantize, export and measure an Ultralytics YOLO detector for an edge target.")
+    p.add_argument("--model", metavar="PT", help="trained Ultralytics detection checkpoint (best.pt); "
+                   "omit with --data to run the embedded demo")
+    p.add_argument("--data", metavar="YAML", help="the dataset YAML the model was trained on")
+    p.add_argument("--target", metavar="NAME", help="deployment target: onnx (default), arm, x86, jetson")
+    p.add_argument("--recipe", metavar="YAML", help="recipe file with every setting; the flags here override it")
+    p.add_argument("--out", metavar="DIR", default="compress-out",
+                   help="output folder; rerunning into it reuses finished stages (default: %(default)s)")
+    p.add_argument("--imgsz", metavar="N", type=int, help="square input size, a multiple of 32 (default 640)")
+    p.add_argument("--device", metavar="cpu|0", help="device for PyTorch work: cpu or a CUDA index (default cpu)")
+    p.add_argument("--prune", metavar="FLOPS_FRACTION", type=float,
+                   help="fraction of FLOPs to remove by structured pruning, e.g. 0.35 (default 0: none)")
+    p.add_argument("--quant", choices=("none", "ptq", "qat"),
+                   help="INT8 quantization: none (FP32), ptq (post-training) or qat (quantization-aware training)")
+    p.add_argument("--max-map-drop", metavar="PTS", type=float,
+                   help="gate: fail (exit 1) if the final artifact loses more mAP50-95 points than this")
+    p.add_argument("--max-latency-ms", metavar="MS", type=float,
+                   help="gate: fail (exit 1) if the final artifact's p50 inference latency exceeds this")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Ultralytics' own log")
+    p.add_argument("--version", action="version", version=f"edgecompress {__version__}")
+    return p
+
+
+def recipe_from_args(args: argparse.Namespace) -> Any:
+    """The recipe file (or defaults) with every flag that was given laid over it."""
+    from edgecompress.pipeline.recipe import Recipe
+
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
+    flags = {"model": args.model, "data": args.data, "target": args.target, "imgsz": args.imgsz,
+             "device": args.device, "prune.flops": args.prune, "quant.mode": args.quant,
+             "gates.max_map_drop": args.max_map_drop, "gates.max_latency_ms": args.max_latency_ms}
+    given = {k: v for k, v in flags.items() if v is not None}
+    for key in ("model", "data"):
+        if key in given:
+            given[key] = str(Path(given[key]).expanduser().resolve())
+    return recipe.with_overrides(**given) if given else recipe
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgecompress.pipeline.runner import Runner  # imports Ultralytics, which sets its own log level
+
+    if not args.debug:
+        logging.getLogger("ultralytics").setLevel(logging.WARNING)
+    recipe = recipe_from_args(args)
+    report = Runner(recipe, Path(args.out), log=lambda m: print(f"compress: {m}", file=sys.stderr)).run()
+    out = Path(args.out)
+    print(f"\nreport: {out / 'report.md'} (and report.json); artifact: {out / report['final']['artifact']}")
+    for s in report["stages"]:
+        acc, inf = s["accuracy"], s["benchmark"]["inference"]
+        print(f"  {s['name']:<18} mAP50-95 {acc['map50_95']:.3f}  p50 {inf['p50_ms']:7.1f} ms  "
+              f"{s['benchmark']['file_mb']:6.1f} MB")
+    failed = [g for g in report["gates"] if not g["passed"]]
+    for g in failed:
+        print(f"gate failed: {g['gate']} = {g['value']} (limit {g['limit']})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"compress: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("compress: interrupted; finished stages are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: one line by default, the traceback with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"compress: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The run's report: `report.json` for machines (schema below), `report.md` and `report.png` for people.
+
+report.json (schema "edgecompress.report/1"):
+  edgecompress: version that wrote it
+  model: {path, sha256, architecture, classes, names, parameters, gflops, stride}
+  data: {path, split, images}
+  target: {name, runtime, description}
+  host: {cpu, cores, machine, os, python}
+  recipe: the full recipe, every setting
+  stages: [{name, artifact, runtime, precision, parameters, gflops, reused,
+            accuracy: {map50, map50_95, precision, recall, images, val_speed_ms},
+            benchmark: {file_mb, load_s, threads, inference: LATENCY, end_to_end: LATENCY,
+                        memory: {peak_rss_mb, session_rss_mb}, host}}]
+     where LATENCY = {runs, p50_ms, p90_ms, p99_ms, mean_ms, throughput_fps}
+  final: {stage, artifact (path of the published artifact, relative to the output folder)}
+  gates: [{gate, limit, value, passed}]
+  passed: true when every gate holds
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgecompress import __version__
+from edgecompress.bench import host_info
+from edgecompress.pipeline.cache import write_atomic
+from edgecompress.pipeline.recipe import Recipe
+from edgecompress.targets import Target
+
+SCHEMA = "edgecompress.report/1"
+
+
+def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str, data: dict[str, Any],
+          described: dict[str, Any], stages: list[dict[str, Any]], final: Path) -> dict[str, Any]:
+    """Assemble the report and judge the gates against the final stage."""
+    baseline, last = stages[0], stages[-1]
+    drop = round((baseline["accuracy"]["map50_95"] - last["accuracy"]["map50_95"]) * 100, 3)
+    gates = []
+    if recipe.gates.max_map_drop is not None:
+        gates.append({"gate": "max_map_drop", "limit": recipe.gates.max_map_drop, "value": drop,
+                      "passed": drop <= recipe.gates.max_map_drop})
+    if recipe.gates.max_latency_ms is not None:
+        p50 = last["benchmark"]["inference"]["p50_ms"]
+        gates.append({"gate": "max_latency_ms", "limit": recipe.gates.max_latency_ms, "value": p50,
+                      "passed": p50 <= recipe.gates.max_latency_ms})
+    return {
+        "schema": SCHEMA,
+        "edgecompress": __version__,
+        "model": {"path": str(checkpoint), "sha256": checkpoint_sha, "names": list(data["names"].values()),
+                  **described},
+        "data": {"path": str(data["yaml_file"]), "split": recipe.eval.split,
+                 "images": baseline["accuracy"]["images"]},
+        "target": {"name": target.name, "runtime": target.runtime, "description": target.description},
+        "host": host_info(),
+        "recipe": recipe.to_dict(),
+        "stages": stages,
+        "final": {"stage": last["name"], "artifact": final.name},
+        "gates": gates,
+        "passed": all(g["passed"] for g in gates),
+    }
+
+
+def write(report: dict[str, Any], out: Path) -> None:
+    """report.json, report.png (accuracy against latency) and report.md, each written atomically."""
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    plot(report["stages"], out / "report.png")
+    write_atomic(out / "report.md", markdown(report, "report.png"))
+
+
+def plot(stages: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for s in stages:
+        x, y = s["benchmark"]["inference"]["p50_ms"], s["accuracy"]["map50_95"]
+        ax.scatter(x, y, s=60)
+        ax.annotate(f"{s['name']}\n{s['benchmark']['file_mb']:.1f} MB", (x, y), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("inference latency p50 (ms, batch 1)")
+    ax.set_ylabel("mAP50-95")
+    ax.set_title("accuracy against latency, per stage")
+    ax.grid(alpha=0.3)
+    ax.margins(0.25)
+    fig.tight_layout()
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def markdown(report: dict[str, Any], plot_name: str) -> str:
+    model, target, host = report["model"], report["target"], report["host"]
+    base = report["stages"][0]["accuracy"]["map50_95"]
+    lines = [
+        f"# edgecompress report: {Path(model['path']).name} for {target['name']}",
+        "",
+        f"- model: `{model['path']}` ({model['architecture']}, classes: {', '.join(model['names'])})",
+        f"- data: `{report['data']['path']}`, split `{report['data']['split']}`, {report['data']['images']} images",
+        f"- target: {target['name']} ({target['description']})",
+        f"- host: {host['cpu']}, {host['cores']} cores, Python {host['python']}",
+        f"- final artifact: `{report['final']['artifact']}` (stage {report['final']['stage']})",
+        "",
+        "| stage | runtime | precision | mAP50 | mAP50-95 | drop (pts) | params (M) | GFLOPs | size (MB) "
+        "| inference p50 / p90 / p99 (ms) | end-to-end p50 (ms) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report["stages"]:
+        acc, b = s["accuracy"], s["benchmark"]
+        inf, e2e = b["inference"], b["end_to_end"]
+        lines.append(
+            f"| {s['name']} | {s['runtime']} | {s['precision']} | {acc['map50']:.3f} | {acc['map50_95']:.3f} "
+            f"| {(base - acc['map50_95']) * 100:+.2f} | {s['parameters'] / 1e6:.2f} | {s['gflops']:.2f} "
+            f"| {b['file_mb']:.1f} | {inf['p50_ms']:.1f} / {inf['p90_ms']:.1f} / {inf['p99_ms']:.1f} "
+            f"| {e2e['p50_ms']:.1f} | {b['memory']['peak_rss_mb']:.0f} |"
+        )
+    lines += ["", f"![accuracy against latency]({plot_name})", ""]
+    if report["gates"]:
+        lines += ["## Gates", "", "| gate | limit | value | result |", "|---|---|---|---|"]
+        lines += [f"| {g['gate']} | {g['limit']} | {g['value']} | {'pass' if g['passed'] else 'FAIL'} |"
+                  for g in report["gates"]]
+        lines.append("")
+    lines += ["Drop is mAP50-95 points lost against the baseline checkpoint, measured the same way (batch 1, "
+              "square letterboxed input). Latency: batch 1, after warm-up; end to end adds letterbox and NMS.", ""]
+    return "\n".join(lines)
