@@ -1,5 +1,8 @@
 """`compress`: the command line. Flags are a shorthand for a recipe; `--recipe FILE` loads a whole one.
 
+Subcommands, chosen by the first word: `compress targets`, `compress bench ARTIFACT` (numpy, OpenCV, pyyaml and
+the artifact's runtime only: it runs on the device) and `compress report RUN_OR_BENCH ...`.
+
 Exit status: 0 when every gate holds, 1 when a gate fails, 2 on bad input, 3 on an internal error,
 130 when interrupted (rerun the same command to resume).
 """
@@ -11,6 +14,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from edgecompress import __version__
@@ -20,6 +24,9 @@ EPILOG = """examples:
   compress                                   run the embedded demo (a small raccoon model and dataset)
   compress --model best.pt --data data.yaml --target x86
   compress --recipe release.yaml --max-map-drop 1.0 --max-latency-ms 30
+  compress targets                           list the targets and whether each runtime is usable here
+  compress bench model.onnx --data data.yaml time an artifact on this device (bench.json, bench.md)
+  compress report out-x86 out-arm bench-pi5  compare runs and on-device benchmarks (report.md, plots)
 
 exit status: 0 all gates hold, 1 a gate failed (the report says which), 2 bad input,
 3 internal error, 130 interrupted (rerun the same command to resume where it stopped)."""
@@ -32,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PT", help="trained Ultralytics detection checkpoint (best.pt); "
                    "omit with --data to run the embedded demo")
     p.add_argument("--data", metavar="YAML", help="the dataset YAML the model was trained on")
-    p.add_argument("--target", metavar="NAME", help="deployment target: onnx (default), arm, x86, jetson")
+    p.add_argument("--target", metavar="NAME", help="deployment target: onnx (default), arm, x86, jetson "
+                   "(= jetson-orin-nano), jetson-orin-nx, jetson-agx-orin; `compress targets` lists them")
     p.add_argument("--recipe", metavar="YAML", help="recipe file with every setting; the flags here override it")
     p.add_argument("--out", metavar="DIR", default="compress-out",
                    help="output folder; rerunning into it reuses finished stages (default: %(default)s)")
@@ -85,10 +93,98 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def targets_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress targets",
+                                description="List the deployment targets and whether each runtime is usable here.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def targets(args: argparse.Namespace) -> int:
+    from edgecompress.targets import ALIASES, TARGETS
+    from edgecompress.targets.runtimes import RUNTIMES
+
+    print(f"{'target':<18}{'runtime':<13}{'precisions':<16}{'INT8 activations':<18}{'channels':<10}"
+          f"{'imgsz':<7}{'batch':<7}{'DLA':<5}usable here")
+    explained = set()
+    for t in TARGETS.values():
+        reason = RUNTIMES[t.runtime].unusable()
+        int8 = f"{t.int8.activation_type} {'sym' if t.int8.symmetric_activations else 'asym'}" if t.int8 else "-"
+        print(f"{t.name:<18}{t.runtime:<13}{','.join(t.precisions):<16}{int8:<18}{'x' + str(t.channel_multiple):<10}"
+              f"{t.imgsz:<7}{t.batch:<7}{t.dla_cores:<5}{'no' if reason else 'yes'}")
+        if reason and t.runtime not in explained:
+            explained.add(t.runtime)
+            print(f"    {reason}")
+            if t.runtime == "tensorrt":
+                print("    compress still writes the QDQ ONNX and trtexec.sh; the engine is built on the device")
+    for alias, name in ALIASES.items():
+        print(f"{alias} = {name}")
+    return 0
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compress bench", description="Time an artifact on this device: latency p50/p90/p99, throughput, "
+        "memory. Needs only numpy, OpenCV, pyyaml and the artifact's runtime.")
+    p.add_argument("artifact", type=Path, help="a .onnx, an *_openvino_model folder, or a TensorRT .engine/.plan")
+    p.add_argument("--target", metavar="NAME", help="the target it was built for (its default image size is used "
+                   "when the artifact's input size is dynamic)")
+    p.add_argument("--data", metavar="YAML", type=Path,
+                   help="dataset YAML: its val images time end to end (letterbox + inference + NMS); else skipped")
+    p.add_argument("--runs", metavar="N", type=int, default=100, help="timed runs (default %(default)s; at most 30 s)")
+    p.add_argument("--threads", metavar="N", type=int, default=0, help="CPU threads (default 0: the runtime's)")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("compress-bench"),
+                   help="folder for bench.json and bench.md (default: %(default)s)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def bench(args: argparse.Namespace) -> int:
+    from edgecompress.bench import BenchConfig, bench_artifact
+    from edgecompress.targets import get_target
+
+    target = get_target(args.target) if args.target else None
+    report = bench_artifact(args.artifact, target, args.data, BenchConfig(runs=args.runs, threads=args.threads),
+                            args.out)
+    inf, e2e = report["inference"], report["end_to_end"]
+    print(f"{report['device']}, {report['runtime']}: inference p50 {inf['p50_ms']:.2f} ms "
+          f"(p90 {inf['p90_ms']:.2f}, p99 {inf['p99_ms']:.2f}, {inf['throughput_fps']:.1f} img/s)"
+          + (f", end to end p50 {e2e['p50_ms']:.2f} ms" if e2e else ""))
+    print(f"bench: {args.out / 'bench.md'} (and bench.json)")
+    return 0
+
+
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress report", description="Merge run reports and on-device benchmarks "
+                                "into one comparison: tables per stage and device, plots, report.md.")
+    p.add_argument("sources", nargs="+", type=Path, metavar="RUN_OR_BENCH",
+                   help="a run's output folder (report.json) or a bench folder (bench.json), or the JSON itself")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("compress-report"),
+                   help="folder for report.md and its plots (default: %(default)s)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def report(args: argparse.Namespace) -> int:
+    from edgecompress.pipeline.compare import write
+
+    print(f"report: {write(args.sources, args.out)}")
+    return 0
+
+
+SUBCOMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    "targets": (targets_parser, targets),
+    "bench": (bench_parser, bench),
+    "report": (report_parser, report),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    make_parser, command = SUBCOMMANDS.get(argv[0], (parser, run)) if argv else (parser, run)
+    args = make_parser().parse_args(argv[1:] if command is not run else argv)
     try:
-        return run(args)
+        return command(args)
     except UserError as e:
         if args.debug:
             traceback.print_exc()

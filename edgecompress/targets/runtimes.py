@@ -19,6 +19,15 @@ Infer = Callable[[np.ndarray], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
+class Session:
+    """A loaded artifact: its inference function and what it expects and uses."""
+
+    infer: Infer
+    input_shape: tuple[int | None, ...]  # None where the artifact takes any size (a dynamic axis)
+    device_memory_mb: Callable[[], float] | None = None  # accelerator memory in use now, where the runtime has one
+
+
+@dataclass(frozen=True)
 class Runtime:
     """How to turn an FP32/QDQ ONNX into this runtime's artifact, and how to run that artifact."""
 
@@ -27,31 +36,42 @@ class Runtime:
     install: str  # what to install when it does not
     suffix: str  # the artifact name's ending, which Ultralytics' AutoBackend also keys on
 
-    def check(self) -> None:
-        """Raise a UserError naming the install command when this runtime cannot be imported here."""
+    def unusable(self) -> str | None:
+        """Why this runtime cannot run artifacts on this host (with what to install), or None when it can."""
+        if self.name == "tensorrt":  # it can import without a GPU or driver: usable means a builder can be created
+            from edgecompress.targets.tensorrt import unusable_reason
+
+            return unusable_reason()
         if importlib.util.find_spec(self.module) is None:
-            raise UserError(f"runtime '{self.name}' is not installed here; install it with: {self.install}")
+            return f"runtime '{self.name}' is not installed here; install it with: {self.install}"
+        return None
+
+    def check(self) -> None:
+        """Raise a UserError saying what to install when this runtime cannot run here."""
+        if reason := self.unusable():
+            raise UserError(reason)
 
     def artifact_path(self, folder: Path, stem: str) -> Path:
         return folder / f"{stem}{self.suffix}"
 
-    def load(self, artifact: Path, threads: int = 0) -> Infer:
+    def load(self, artifact: Path, threads: int = 0) -> Session:
         self.check()
         return _LOADERS[self.name](Path(artifact), threads)
 
 
-def _load_onnxruntime(path: Path, threads: int) -> Infer:
+def _load_onnxruntime(path: Path, threads: int) -> Session:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
+    first = session.get_inputs()[0]
+    shape = tuple(d if isinstance(d, int) else None for d in first.shape)  # named or None axes are dynamic
+    return Session(lambda x: session.run(None, {first.name: x}), shape)
 
 
-def _load_openvino(path: Path, threads: int) -> Infer:
+def _load_openvino(path: Path, threads: int) -> Session:
     import openvino as ov
 
     xml = next(path.glob("*.xml")) if path.is_dir() else path
@@ -60,10 +80,11 @@ def _load_openvino(path: Path, threads: int) -> Infer:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = ov.Core().compile_model(str(xml), "CPU", config)
     request = compiled.create_infer_request()
-    return lambda x: [request.infer({0: x})[o] for o in compiled.outputs]
+    shape = tuple(d.get_length() if d.is_static else None for d in compiled.inputs[0].get_partial_shape())
+    return Session(lambda x: [request.infer({0: x})[o] for o in compiled.outputs], shape)
 
 
-def _load_torch(path: Path, threads: int) -> Infer:
+def _load_torch(path: Path, threads: int) -> Session:
     import torch
 
     from edgecompress.pipeline.yolo import load_model
@@ -77,13 +98,20 @@ def _load_torch(path: Path, threads: int) -> Infer:
             y = model(torch.from_numpy(x))
         return [(y[0] if isinstance(y, (list, tuple)) else y).numpy()]
 
-    return infer
+    return Session(infer, (None, 3, None, None))
 
 
-_LOADERS: dict[str, Callable[[Path, int], Infer]] = {
+def _load_tensorrt(path: Path, threads: int) -> Session:
+    from edgecompress.targets.tensorrt import load_engine
+
+    return load_engine(path)  # the GPU (or DLA) runs it: CPU threads do not apply
+
+
+_LOADERS: dict[str, Callable[[Path, int], Session]] = {
     "onnxruntime": _load_onnxruntime,
     "openvino": _load_openvino,
     "torch": _load_torch,
+    "tensorrt": _load_tensorrt,
 }
 
 RUNTIMES: dict[str, Runtime] = {
@@ -92,6 +120,10 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("onnxruntime", "onnxruntime", "pip install onnxruntime", ".onnx"),
         Runtime("openvino", "openvino", "pip install openvino", "_openvino_model"),
         Runtime("torch", "torch", "pip install 'edgecompress[full]'", ".pt"),
+        # An engine with Ultralytics' metadata header; the plain engine beside it is `.plan`.
+        Runtime("tensorrt", "tensorrt", "on a Jetson it comes with JetPack (sudo apt install nvidia-jetpack; "
+                "create the venv with --system-site-packages); on an x86 NVIDIA GPU: pip install tensorrt",
+                ".engine"),
     )
 }
 
