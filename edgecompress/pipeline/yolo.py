@@ -27,7 +27,8 @@ def _no_cache_write(_prefix: str, _path: Path, x: dict[str, Any], version: str) 
 
 _ul_dataset.save_dataset_cache_file = _no_cache_write
 
-UNSUPPORTED_TASKS = {"segment": "segmentation", "pose": "pose", "obb": "oriented-box", "classify": "classification"}
+UNSUPPORTED = {"SegmentationModel": "segmentation", "PoseModel": "pose", "OBBModel": "oriented-box",
+               "ClassificationModel": "classification", "RTDETRDetectionModel": "RT-DETR"}
 
 
 def load_model(path: str | Path) -> DetectionModel:
@@ -44,9 +45,8 @@ def load_model(path: str | Path) -> DetectionModel:
     except (TypeError, ModuleNotFoundError, AttributeError, KeyError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {path} cannot be loaded as an Ultralytics model: {first}") from e
-    task = getattr(model, "task", "detect")
-    if task in UNSUPPORTED_TASKS or not isinstance(model, DetectionModel):
-        kind = UNSUPPORTED_TASKS.get(task, type(model).__name__)
+    if type(model) is not DetectionModel:  # subclasses (segment, pose, OBB, ...) have heads we do not handle
+        kind = UNSUPPORTED.get(type(model).__name__, type(model).__name__)
         raise UserError(f"checkpoint {path} is a {kind} model; only detection models are supported yet")
     return model
 
