@@ -276,17 +276,23 @@ def dataset_images(data_yaml: Path, split: str = "val") -> list[Path]:
     root = Path(info.get("path") or ".")
     if not root.is_absolute():
         root = root.resolve() if info.get("path") and root.exists() else (data_yaml.parent / root).resolve()
+    entries = [root / e for e in (entries if isinstance(entries, list) else [entries])]
+    return list_images(entries, f"dataset YAML {data_yaml}: its '{split}' split")
+
+
+def list_images(entries: list[Path], where: str) -> list[Path]:
+    """The sorted image files of a split's entries: folders (searched recursively) and list files (one image path
+    a line, relative to the list's folder). `where` names the split in errors."""
     files: list[Path] = []
-    for entry in (root / e for e in (entries if isinstance(entries, list) else [entries])):
+    for entry in entries:
         if entry.is_dir():
             files += [p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-        elif entry.is_file():  # a list file: one image path a line, relative to the list's folder
+        elif entry.is_file():
             files += [(entry.parent / line.strip()).resolve() for line in entry.read_text().splitlines() if line.strip()]
         else:
-            raise UserError(f"dataset YAML {data_yaml}: its '{split}' entry {entry} does not exist; fix the YAML's "
-                            f"'path' or '{split}'")
+            raise UserError(f"{where}: {entry} does not exist; fix the YAML's 'path' or the split's entry")
     if not files:
-        raise UserError(f"dataset YAML {data_yaml}: its '{split}' split holds no images")
+        raise UserError(f"{where} holds no images; point it at a folder of images")
     return sorted(files)
 
 

@@ -1,0 +1,130 @@
+"""The target registry: every profile's rules, the registry's errors, `compress targets`, and the Jetson bundle
+that a host without TensorRT hands to the device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_models import detector
+
+from edgecompress.errors import UserError
+from edgecompress.pipeline.cli import main
+from edgecompress.pipeline.config import ConfigError
+from edgecompress.targets import ALIASES, TARGETS, Int8Rules, Target, get_target
+from edgecompress.targets import tensorrt_rules
+from edgecompress.targets.runtimes import RUNTIMES
+from edgecompress.targets.tensorrt import prepare_jetson, read_engine, unusable_reason, write_engine
+
+JETSONS = [t for t in TARGETS.values() if t.runtime == "tensorrt"]
+CPUS = [t for t in TARGETS.values() if t.runtime != "tensorrt"]
+
+
+@pytest.mark.parametrize("target", TARGETS.values(), ids=TARGETS)
+def test_every_profile_is_complete(target: Target) -> None:
+    assert target.runtime in RUNTIMES
+    assert "fp32" in target.precisions and "int8" in target.precisions
+    rules = target.int8
+    assert rules is not None and rules.per_channel_weights and rules.min_opset >= 13
+    assert rules.activation_type == ("int8" if rules.symmetric_activations else "uint8")
+    assert target.batch == 1 and target.imgsz % 32 == 0
+    assert target.channel_multiple >= 1
+
+
+@pytest.mark.parametrize("target", JETSONS, ids=[t.name for t in JETSONS])
+def test_jetsons_follow_tensorrt_rules(target: Target) -> None:
+    rules = target.int8
+    assert rules is not None
+    assert rules.symmetric_activations and rules.activation_type == "int8"  # zero point 0
+    assert rules.validator == "tensorrt" and rules.min_opset >= tensorrt_rules.MIN_OPSET
+    assert target.channel_multiple == 8 and target.fp16_fallback and "fp16" in target.precisions
+    assert target.workspace_mib > 0  # the boards share memory with the application
+
+
+def test_dla_cores_per_board() -> None:
+    assert {t.name: t.dla_cores for t in JETSONS} == {"jetson-orin-nano": 0, "jetson-orin-nx": 2,
+                                                      "jetson-agx-orin": 2}
+
+
+@pytest.mark.parametrize("target", CPUS, ids=[t.name for t in CPUS])
+def test_cpu_targets_take_asymmetric_uint8_and_no_fp16(target: Target) -> None:
+    rules = target.int8
+    assert rules is not None and not rules.symmetric_activations and rules.activation_type == "uint8"
+    assert not target.fp16_fallback and target.dla_cores == 0 and rules.validator == ""
+
+
+def test_jetson_is_the_orin_nano() -> None:
+    assert get_target("jetson") is TARGETS["jetson-orin-nano"]
+    assert all(name in TARGETS for name in ALIASES.values())
+
+
+@pytest.mark.parametrize(("name", "closest"), [("jetson-orin-nan", "jetson-orin-nano"), ("x68", "x86"),
+                                               ("jetson-agx", "jetson-agx-orin"), ("onxx", "onnx")])
+def test_unknown_target_suggests_the_closest(name: str, closest: str) -> None:
+    with pytest.raises(UserError, match=rf"unknown target '{name}' \(did you mean '{closest}'\?\); choose one of "
+                                        r"jetson-orin-nano, .*jetson"):
+        get_target(name)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"runtime": "tflite"}, "runtime 'tflite' is not one of"),
+    ({"precisions": ("int4", "fp32")}, "must be a non-empty subset"),
+    ({"int8": None}, "give Int8Rules exactly when 'int8'"),
+    ({"fp16_fallback": True}, "fp16_fallback needs 'fp16'"),
+    ({"imgsz": 100}, "imgsz 100 is not a multiple of 32"),
+    ({"channel_multiple": 0}, "channel_multiple and batch must be >= 1"),
+])
+def test_bad_profiles_are_refused(changes: dict, message: str) -> None:
+    fields = {"name": "board", "runtime": "onnxruntime", "description": "", "precisions": ("int8", "fp32"),
+              "int8": Int8Rules("onnxruntime", "uint8", False)}
+    with pytest.raises(ConfigError, match=message):
+        Target(**{**fields, **changes})
+
+
+def test_compress_targets_lists_every_profile_and_what_to_install(capsys) -> None:
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    for target in TARGETS.values():
+        line = next(li for li in out.splitlines() if li.startswith(f"{target.name} "))
+        reason = RUNTIMES[target.runtime].unusable()
+        assert line.endswith("no" if reason else "yes")
+        if reason:
+            assert reason in out
+    assert "jetson = jetson-orin-nano" in out
+    if unusable_reason():
+        assert "the engine is built on the device" in out
+
+
+def test_engine_header_is_the_one_ultralytics_reads(tmp_path: Path) -> None:
+    from ultralytics.nn.backends.base import BaseBackend
+
+    metadata = {"stride": 32, "names": {"0": "raccoon"}, "imgsz": [96, 96], "dla": "0"}
+    plan = bytes(range(256)) * 4  # stands in for engine bytes: the header format does not look inside them
+    write_engine(tmp_path / "m.engine", plan, metadata)
+    offset, theirs = BaseBackend.engine_header(tmp_path / "m.engine")
+    assert theirs == metadata and (tmp_path / "m.engine").read_bytes()[offset:] == plan
+    assert read_engine(tmp_path / "m.engine") == (metadata, plan)
+    (tmp_path / "m.plan").write_bytes(plan)
+    assert read_engine(tmp_path / "m.plan") == ({}, plan)
+
+
+@pytest.mark.skipif(unusable_reason() is None, reason="TensorRT is usable here: test_tensorrt.py builds engines")
+@pytest.mark.parametrize("target", JETSONS, ids=[t.name for t in JETSONS])
+def test_prepare_jetson_without_tensorrt_hands_over_the_bundle(tmp_path: Path, target: Target) -> None:
+    onnx_path = detector(tmp_path / "model_int8.onnx")
+    metadata = {"stride": 32, "names": {0: "raccoon"}, "imgsz": [96, 96]}
+    info = prepare_jetson(onnx_path, metadata, target, tmp_path / "jetson")
+    bundle = tmp_path / "jetson"
+    assert info["engine"] is None and info["engines"] == []
+    assert unusable_reason() in info["reason"] and "the engine is built on the device" in info["reason"]
+    assert (bundle / info["onnx"]).read_bytes() == onnx_path.read_bytes()
+    assert json.loads((bundle / "metadata.json").read_text()) == json.loads(json.dumps(metadata))
+    script = (bundle / info["trtexec"]).read_text()
+    commands = [li for li in script.splitlines() if li.startswith('"$TRTEXEC"')]
+    assert len(commands) == (2 if target.dla_cores else 1)
+    for command in commands:
+        assert "--onnx=model_int8.onnx" in command and "--int8 --fp16" in command
+        assert f"--memPoolSize=workspace:{target.workspace_mib}" in command and "--timingCacheFile=" in command
+    assert ("--useDLACore=0 --allowGPUFallback" in script) == bool(target.dla_cores)
+    assert not list(bundle.glob("*.engine")) and not list(bundle.glob("*.plan"))
