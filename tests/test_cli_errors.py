@@ -1,7 +1,11 @@
-"""Bad input ends with one line naming the problem and the fix, exit status 2, no traceback, nothing written."""
+"""The catalogue of bad inputs: each ends with one line naming the problem and the fix, exit status 2, no
+traceback, and nothing written anywhere but the output folder."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,107 +15,202 @@ import yaml
 from edgecompress.pipeline.cli import main
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    return code, capsys.readouterr().err
+def snapshot(folder: Path, skip: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file() and skip not in p.parents}
 
 
-def expect_bad_input(capsys: pytest.CaptureFixture[str], message: str, *args: str) -> None:
-    code, err = run_cli(capsys, *args)
+def expect_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path, message: str, *args: str) -> str:
+    """Run `compress ARGS --out tmp_path/out` and check the clean failure; returns stderr."""
+    out = tmp_path / "out"
+    before = snapshot(tmp_path, out)
+    code = main([*args, "--out", str(out)])
+    err = capsys.readouterr().err
     assert code == 2, err
     assert message in err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("compress: error: ")
+    assert snapshot(tmp_path, out) == before, "a bad input changed files outside the output folder"
+    return err
 
 
-@pytest.fixture
-def segmentation_checkpoint(tmp_path: Path) -> Path:
-    from ultralytics.nn.tasks import SegmentationModel
-
-    path = tmp_path / "seg.pt"
-    torch.save({"model": SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False).half(), "train_args": {}}, path)
+def save_model(path: Path, model: torch.nn.Module) -> Path:
+    torch.save({"model": model.half(), "train_args": {}}, path)
     return path
 
 
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
 def test_missing_checkpoint(capsys, tmp_path: Path, demo) -> None:
-    expect_bad_input(capsys, "does not exist", "--model", str(tmp_path / "nope.pt"), "--data", str(demo[1]),
-                     "--out", str(tmp_path / "out"))
+    expect_bad_input(capsys, tmp_path, "does not exist", "--model", str(tmp_path / "nope.pt"), "--data", str(demo[1]))
     assert not (tmp_path / "out").exists()
 
 
+def test_empty_checkpoint(capsys, tmp_path: Path, demo) -> None:
+    (tmp_path / "best.pt").touch()
+    expect_bad_input(capsys, tmp_path, "is empty", "--model", str(tmp_path / "best.pt"), "--data", str(demo[1]))
+
+
+def test_truncated_checkpoint(capsys, tmp_path: Path, demo) -> None:
+    data = demo[0].read_bytes()
+    (tmp_path / "best.pt").write_bytes(data[: len(data) // 2])
+    expect_bad_input(capsys, tmp_path, "is not a PyTorch checkpoint", "--model", str(tmp_path / "best.pt"),
+                     "--data", str(demo[1]))
+
+
 def test_not_a_checkpoint(capsys, tmp_path: Path, demo) -> None:
-    fake = tmp_path / "best.pt"
-    fake.write_text("this is not a pickle")
-    expect_bad_input(capsys, "cannot be loaded", "--model", str(fake), "--data", str(demo[1]),
-                     "--out", str(tmp_path / "out"))
+    (tmp_path / "best.pt").write_text("this is not a pickle")
+    expect_bad_input(capsys, tmp_path, "is not a PyTorch checkpoint", "--model", str(tmp_path / "best.pt"),
+                     "--data", str(demo[1]))
 
 
-def test_segmentation_model_is_not_supported_yet(capsys, tmp_path: Path, demo, segmentation_checkpoint) -> None:
-    expect_bad_input(capsys, "is a segmentation model; only detection models are supported yet",
-                     "--model", str(segmentation_checkpoint), "--data", str(demo[1]), "--out", str(tmp_path / "o"))
+def test_checkpoint_without_a_model(capsys, tmp_path: Path, demo) -> None:
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "best.pt")
+    expect_bad_input(capsys, tmp_path, "holds no Ultralytics model", "--model", str(tmp_path / "best.pt"),
+                     "--data", str(demo[1]))
 
+
+def test_not_a_pt_file(capsys, tmp_path: Path, demo) -> None:
+    (tmp_path / "best.onnx").write_text("x")
+    expect_bad_input(capsys, tmp_path, "is not a .pt file", "--model", str(tmp_path / "best.onnx"),
+                     "--data", str(demo[1]))
+
+
+@pytest.mark.parametrize(("cls", "cfg", "kind"), [
+    ("SegmentationModel", "yolov8n-seg.yaml", "segmentation"),
+    ("PoseModel", "yolov8n-pose.yaml", "pose"),
+    ("ClassificationModel", "yolov8n-cls.yaml", "classification"),
+])
+def test_other_tasks_are_not_supported_yet(capsys, tmp_path: Path, demo, cls: str, cfg: str, kind: str) -> None:
+    import ultralytics.nn.tasks as tasks
+
+    path = save_model(tmp_path / "best.pt", getattr(tasks, cls)(cfg, nc=1, verbose=False))
+    expect_bad_input(capsys, tmp_path, f"is a {kind} model; only detection models are supported yet",
+                     "--model", str(path), "--data", str(demo[1]))
+
+
+def test_image_size_not_a_multiple_of_the_model_stride(capsys, tmp_path: Path, demo) -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    path = save_model(tmp_path / "p6.pt", DetectionModel("yolov8n-p6.yaml", nc=1, verbose=False))
+    expect_bad_input(capsys, tmp_path, "imgsz 96 is not a multiple of the model's stride 64; try 128",
+                     "--model", str(path), "--data", str(demo[1]), "--imgsz", "96")
+
+
+# --- datasets --------------------------------------------------------------------------------------------------
 
 def test_missing_dataset_yaml(capsys, tmp_path: Path, demo) -> None:
-    expect_bad_input(capsys, "dataset YAML", "--model", str(demo[0]), "--data", str(tmp_path / "data.yaml"),
-                     "--out", str(tmp_path / "out"))
+    expect_bad_input(capsys, tmp_path, "does not exist", "--model", str(demo[0]), "--data", str(tmp_path / "d.yaml"))
 
 
 def test_malformed_dataset_yaml(capsys, tmp_path: Path, demo) -> None:
-    bad = tmp_path / "data.yaml"
-    bad.write_text("train: [images/train\nnames: {0: raccoon\n")
-    expect_bad_input(capsys, "is not usable", "--model", str(demo[0]), "--data", str(bad),
-                     "--out", str(tmp_path / "out"))
+    (tmp_path / "d.yaml").write_text("train: [images/train\nnames: {0: raccoon\n")
+    expect_bad_input(capsys, tmp_path, "is not usable", "--model", str(demo[0]), "--data", str(tmp_path / "d.yaml"))
 
 
 def test_dataset_with_missing_folders(capsys, tmp_path: Path, demo) -> None:
-    bad = tmp_path / "data.yaml"
-    bad.write_text(yaml.safe_dump({"train": "images/train", "val": "images/val", "names": {0: "raccoon"}}))
-    expect_bad_input(capsys, "is not usable", "--model", str(demo[0]), "--data", str(bad),
-                     "--out", str(tmp_path / "out"))
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images/train", "val": "images/val",
+                                                     "names": {0: "raccoon"}}))
+    expect_bad_input(capsys, tmp_path, "is not usable", "--model", str(demo[0]), "--data", str(tmp_path / "d.yaml"))
 
 
 def test_class_count_differs_from_the_model(capsys, tmp_path: Path, demo, dataset_copy: Path) -> None:
     spec = yaml.safe_load(dataset_copy.read_text())
     spec["names"] = {0: "raccoon", 1: "fox"}
     dataset_copy.write_text(yaml.safe_dump(spec))
-    expect_bad_input(capsys, "has 2 classes but the model has 1", "--model", str(demo[0]),
-                     "--data", str(dataset_copy), "--out", str(tmp_path / "out"))
+    expect_bad_input(capsys, tmp_path, "has 2 classes but the model has 1", "--model", str(demo[0]),
+                     "--data", str(dataset_copy))
 
+
+def test_label_class_id_beyond_names(capsys, tmp_path: Path, demo, dataset_copy: Path) -> None:
+    label = sorted((dataset_copy.parent / "labels" / "train").iterdir())[3]
+    label.write_text("4 0.5 0.5 0.2 0.2\n")
+    err = expect_bad_input(capsys, tmp_path, "class id 4 is outside the dataset's 1 names", "--model", str(demo[0]),
+                           "--data", str(dataset_copy))
+    assert f"{label}, line 1" in err
+
+
+def test_malformed_label_line(capsys, tmp_path: Path, demo, dataset_copy: Path) -> None:
+    label = sorted((dataset_copy.parent / "labels" / "val").iterdir())[0]
+    label.write_text("0 0.5 0.5 0.2\n")
+    expect_bad_input(capsys, tmp_path, "expected 'class cx cy w h' (5 numbers), got 4 fields",
+                     "--model", str(demo[0]), "--data", str(dataset_copy))
+
+
+def test_pixel_coordinates_in_labels(capsys, tmp_path: Path, demo, dataset_copy: Path) -> None:
+    label = sorted((dataset_copy.parent / "labels" / "val").iterdir())[0]
+    label.write_text("0 320 240 50 60\n")
+    expect_bad_input(capsys, tmp_path, "coordinates must be normalized", "--model", str(demo[0]),
+                     "--data", str(dataset_copy))
+
+
+def test_val_split_without_labels(capsys, tmp_path: Path, demo, dataset_copy: Path) -> None:
+    for label in (dataset_copy.parent / "labels" / "val").iterdir():
+        label.unlink()
+    expect_bad_input(capsys, tmp_path, "the 'val' split of", "--model", str(demo[0]), "--data", str(dataset_copy))
+
+
+def test_empty_val_split(capsys, tmp_path: Path, demo, dataset_copy: Path) -> None:
+    for image in (dataset_copy.parent / "images" / "val").iterdir():
+        image.unlink()
+    expect_bad_input(capsys, tmp_path, "holds no images", "--model", str(demo[0]), "--data", str(dataset_copy))
+
+
+# --- targets, output folder, recipe ------------------------------------------------------------------------------
 
 def test_unknown_target(capsys, tmp_path: Path) -> None:
-    expect_bad_input(capsys, "unknown target 'x68' (did you mean 'x86'?)", "--target", "x68",
-                     "--out", str(tmp_path / "out"))
+    expect_bad_input(capsys, tmp_path, "unknown target 'x68' (did you mean 'x86'?)", "--target", "x68")
+
+
+def test_runtime_not_installed(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what Python does for a package that is not installed
+    expect_bad_input(capsys, tmp_path, "runtime 'openvino' is not installed here; install it with: pip install "
+                     "openvino", "--target", "x86")
 
 
 def test_unwritable_output_folder(capsys, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    expect_bad_input(capsys, "is not writable", "--out", str(blocker / "out"))
+    code = main(["--out", str(blocker / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not writable" in err and blocker.read_text() == "a file where a folder should be"
 
 
 def test_output_folder_with_foreign_files(capsys, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    expect_bad_input(capsys, "already holds files that are not an edgecompress run", "--out", str(out))
+    expect_bad_input(capsys, tmp_path, "already holds files that are not an edgecompress run")
     assert (out / "thesis.tex").read_text() == "precious"
 
 
+def test_output_folder_of_another_checkpoint(capsys, tmp_path: Path) -> None:
+    from edgecompress.pipeline.runner import MARKER
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"model": "/elsewhere/best.pt"}))
+    expect_bad_input(capsys, tmp_path, "holds the run of another checkpoint (/elsewhere/best.pt)")
+
+
 def test_bad_image_size(capsys, tmp_path: Path) -> None:
-    expect_bad_input(capsys, "imgsz must be a multiple of 32", "--imgsz", "100", "--out", str(tmp_path / "out"))
+    expect_bad_input(capsys, tmp_path, "imgsz must be a multiple of 32", "--imgsz", "100")
 
 
 def test_model_without_data(capsys, tmp_path: Path, demo) -> None:
-    expect_bad_input(capsys, "give both model and data", "--model", str(demo[0]), "--out", str(tmp_path / "out"))
+    expect_bad_input(capsys, tmp_path, "give both model and data", "--model", str(demo[0]))
 
 
-def test_bad_recipe_file(capsys, tmp_path: Path) -> None:
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("target: x86\nbench: {runz: 3}\n")
-    expect_bad_input(capsys, "unknown key 'runz' (did you mean 'runs'?)", "--recipe", str(recipe),
-                     "--out", str(tmp_path / "out"))
+@pytest.mark.parametrize(("text", "message"), [
+    ("target: x86\nbench: {runz: 3}\n", "unknown key 'runz' (did you mean 'runs'?)"),
+    ("imgsz: [640]\n", "recipe.imgsz: expected int"),
+    ("gates: {max_map_drop: -2}\n", "gates.max_map_drop must be >= 0"),
+])
+def test_bad_recipe_file(capsys, tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "r.yaml").write_text(text)
+    expect_bad_input(capsys, tmp_path, message, "--recipe", str(tmp_path / "r.yaml"))
 
 
 @pytest.mark.parametrize(("flags", "message"), [(("--prune", "0.3"), "pruning"), (("--quant", "ptq"), "ptq")])
 def test_capabilities_not_available_yet(capsys, tmp_path: Path, flags: tuple[str, ...], message: str) -> None:
-    expect_bad_input(capsys, "not available yet", *flags, "--out", str(tmp_path / "out"))
+    expect_bad_input(capsys, tmp_path, "not available yet", *flags)

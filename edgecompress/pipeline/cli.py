@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
                    help="gate: fail (exit 1) if the final artifact loses more mAP50-95 points than this")
     p.add_argument("--max-latency-ms", metavar="MS", type=float,
                    help="gate: fail (exit 1) if the final artifact's p50 inference latency exceeds this")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle the checkpoint fully (it can run code): only for a file whose origin you trust; "
+                        "by default only the classes an Ultralytics detection checkpoint needs are allowed")
     p.add_argument("--debug", action="store_true", help="show tracebacks and Ultralytics' own log")
     p.add_argument("--version", action="version", version=f"edgecompress {__version__}")
     return p
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.debug:
         logging.getLogger("ultralytics").setLevel(logging.WARNING)
     recipe = recipe_from_args(args)
-    report = Runner(recipe, Path(args.out), log=lambda m: print(f"compress: {m}", file=sys.stderr)).run()
+    report = Runner(recipe, Path(args.out), log=lambda m: print(f"compress: {m}", file=sys.stderr),
+                    trust_checkpoint=args.trust_checkpoint).run()
     out = Path(args.out)
     print(f"\nreport: {out / 'report.md'} (and report.json); artifact: {out / report['final']['artifact']}")
     for s in report["stages"]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from edgecompress.errors import NotAvailableYet, UserError
 from edgecompress.pipeline import report as report_mod
-from edgecompress.pipeline import yolo
+from edgecompress.pipeline import dataset, yolo
 from edgecompress.pipeline.cache import Cache, Entry, file_digest, write_atomic
 from edgecompress.pipeline.config import to_dict
 from edgecompress.pipeline.recipe import Recipe
@@ -52,9 +52,13 @@ class Artifact:
 
 
 class OutputFolder:
-    """The run's output folder: checked writable and ours, locked against a second concurrent run."""
+    """The run's output folder: checked writable and ours, locked against a second concurrent run.
 
-    def __init__(self, path: Path, model: Path) -> None:
+    The lock is an flock, which the OS releases when its holder dies, so a killed run's lock is stale at once
+    and the next run takes it over; the pid in the file only serves the messages.
+    """
+
+    def __init__(self, path: Path, model: Path, log: Log) -> None:
         self.path = path
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -80,6 +84,9 @@ class OutputFolder:
             raise UserError(f"another compress run (pid {self._lock.read().strip() or '?'}) is using {path}; "
                             f"wait for it to finish or choose another --out") from None
         self._lock.seek(0)
+        if previous := self._lock.read().strip():
+            log(f"took over the lock left by an ended run (pid {previous})")
+        self._lock.seek(0)
         self._lock.truncate()
         self._lock.write(str(os.getpid()))
         self._lock.flush()
@@ -93,13 +100,15 @@ class OutputFolder:
 class Runner:
     """Runs one recipe into one output folder."""
 
-    def __init__(self, recipe: Recipe, out: Path, log: Log = print) -> None:
+    def __init__(self, recipe: Recipe, out: Path, log: Log = print, trust_checkpoint: bool = False) -> None:
         if recipe.is_demo:
             model, data = demo_paths()
             recipe = recipe.with_overrides(model=str(model), data=str(data))
         self.recipe = recipe
         self.out = Path(out).resolve()
         self.log = log
+        self.trust = trust_checkpoint
+        self.manifest: list[dict[str, Any]] = []
         self.target: Target = get_target(recipe.target)
         RUNTIMES[self.target.runtime].check()
         if recipe.prune.enabled or recipe.finetune.epochs:
@@ -112,9 +121,13 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Run every stage (reusing finished ones), write the report, and return it."""
         checkpoint = Path(self.recipe.model).resolve()
-        model = yolo.load_model(checkpoint)
-        data = yolo.check_dataset(Path(self.recipe.data).resolve(), len(model.names))
-        folder = OutputFolder(self.out, checkpoint)
+        model = yolo.load_model(checkpoint, self.trust)
+        stride = int(model.stride.max())
+        if self.recipe.imgsz % stride:
+            raise UserError(f"imgsz {self.recipe.imgsz} is not a multiple of the model's stride {stride}; "
+                            f"try {max(stride, round(self.recipe.imgsz / stride) * stride)}")
+        data = dataset.check_dataset(Path(self.recipe.data).resolve(), len(model.names), self.recipe.eval.split)
+        folder = OutputFolder(self.out, checkpoint, self.log)
         try:
             self.cache = Cache(self.out / "stages")
             if stale := self.cache.sweep():
@@ -126,7 +139,7 @@ class Runner:
     def _run(self, checkpoint: Path, model: Any, data: dict[str, Any]) -> dict[str, Any]:
         recipe = self.recipe
         self.data = data
-        self.data_key = yolo.dataset_fingerprint(data)
+        self.data_key = dataset.dataset_fingerprint(data)
         baseline = Artifact("baseline", None, checkpoint, "torch", "fp32")
         baseline_key = file_digest(checkpoint)
         described = self._step("describe", {"model": baseline_key, "imgsz": recipe.imgsz},
@@ -152,6 +165,9 @@ class Runner:
     def _step(self, name: str, parts: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Entry:
         self.log(f"[{name}] ...")
         entry = self.cache.stage(name, parts, build)
+        self.manifest.append({"stage": name, "key": entry.key, "folder": str(entry.folder.relative_to(self.out)),
+                              "artifact": entry.info.get("artifact"), "reused": entry.reused})
+        write_atomic(self.out / "manifest.json", json.dumps({"stages": self.manifest}, indent=2))
         how = "reused" if entry.reused else f"done in {entry.seconds:.1f} s"
         self.log(f"[{name}] {how} ({entry.folder.relative_to(self.out)})")
         return entry
@@ -184,19 +200,22 @@ class Runner:
 
     def _evaluate(self, artifact: Artifact, folder: Path) -> dict[str, Any]:
         e = self.recipe.eval
-        metrics = yolo.evaluate(artifact.path, self.data["yaml_file"], self.recipe.imgsz, e.split, e.conf, e.iou,
+        # A checkpoint goes in loaded by our safe loader: given a path, Ultralytics would unpickle it fully.
+        weights = yolo.load_model(artifact.path, self.trust) if artifact.runtime == "torch" else artifact.path
+        metrics = yolo.evaluate(weights, self.data["yaml_file"], self.recipe.imgsz, e.split, e.conf, e.iou,
                                 self.recipe.device, folder)
         shutil.rmtree(folder / "val", ignore_errors=True)  # Ultralytics' empty save_dir (plots are off)
         return metrics
 
     def _bench(self, artifact: Artifact, folder: Path) -> dict[str, Any]:
         """Time the artifact in a fresh process, so its peak memory is that of one runtime session."""
-        images = yolo.split_images(self.data, self.recipe.eval.split)[:BENCH_IMAGES]
+        images = dataset.split_images(self.data, self.recipe.eval.split)[:BENCH_IMAGES]
         spec = {"artifact": str(artifact.path), "runtime": artifact.runtime, "imgsz": self.recipe.imgsz,
                 "config": to_dict(self.recipe.bench), "images": [str(p) for p in images]}
         (folder / "spec.json").write_text(json.dumps(spec, indent=2))
         proc = subprocess.run([sys.executable, "-m", "edgecompress.bench", str(folder / "spec.json"),
-                               str(folder / "bench.json")], capture_output=True, text=True)
+                               str(folder / "bench.json")], capture_output=True, text=True,
+                              env={**os.environ, yolo.TRUST_ENV: "1" if self.trust else "0"})
         if proc.returncode:
             raise RuntimeError(f"benchmark of {artifact.path} failed:\n{proc.stderr[-3000:]}")
         return json.loads((folder / "bench.json").read_text())

@@ -1,20 +1,24 @@
-"""The one place that talks to Ultralytics: load a checkpoint, check a dataset, evaluate, export to ONNX."""
+"""The Ultralytics adapter: load and save checkpoints safely, describe, evaluate and export a model."""
 
 from __future__ import annotations
 
+import collections
+import importlib
 import os
+import pathlib
+import pickle
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing may reach the network: no AMP check, font or asset download
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import ultralytics.data.dataset as _ul_dataset  # noqa: E402
-from ultralytics.data.utils import check_det_dataset  # noqa: E402
 from ultralytics.engine.exporter import Exporter  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
-from ultralytics.utils import YAML  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel, torch_safe_load  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace  # noqa: E402
 from ultralytics.utils.torch_utils import get_flops  # noqa: E402
 
 from edgecompress.errors import UserError  # noqa: E402
@@ -31,9 +35,67 @@ UNSUPPORTED = {"SegmentationModel": "segmentation", "PoseModel": "pose", "OBBMod
                "ClassificationModel": "classification", "RTDETRDetectionModel": "RT-DETR"}
 
 
-def load_model(path: str | Path) -> DetectionModel:
-    """Load an Ultralytics detection checkpoint as an FP32 eval-mode model, or raise a UserError saying why not."""
+TRUST_ENV = "EDGECOMPRESS_TRUST_CHECKPOINT"  # "1": child processes (the benchmark) unpickle checkpoints fully too
+MODEL_MODULES = ("torch.nn.modules.", "ultralytics.nn.modules.", "edgecompress.")
+# The plain data, besides model classes, that Ultralytics pickles into checkpoints.
+DATA_GLOBALS = {
+    "ultralytics.utils.IterableSimpleNamespace": lambda: IterableSimpleNamespace,
+    "collections.OrderedDict": lambda: collections.OrderedDict,
+    "pathlib.PosixPath": lambda: pathlib.PosixPath,
+    "pathlib.WindowsPath": lambda: pathlib.PosixPath,  # a checkpoint saved on Windows, read here
+    "numpy.dtype": lambda: np.dtype,
+    "numpy.core.multiarray.scalar": lambda: np.float64(0).__reduce__()[0],
+    "numpy._core.multiarray.scalar": lambda: np.float64(0).__reduce__()[0],
+}
+
+
+def _allowed_global(name: str) -> object | None:
+    """The object for a global a checkpoint names, if a detection checkpoint may hold it; else None."""
+    if name in DATA_GLOBALS:
+        return DATA_GLOBALS[name]()
+    if name.startswith("numpy.dtypes.") and name.endswith("DType"):
+        return getattr(np.dtypes, name.rpartition(".")[2], None)
+    module, _, attr = name.rpartition(".")
+    if module == "ultralytics.nn.tasks" or module.startswith(MODEL_MODULES):
+        try:
+            obj = getattr(importlib.import_module(module), attr, None)
+        except ImportError:
+            return None
+        if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
+            return obj
+    return None
+
+
+def _read_checkpoint(path: Path, trust: bool) -> Any:
+    """Unpickle a checkpoint: weights_only with exactly the globals a detection model needs, unless trusted."""
+    if trust:
+        return torch_safe_load(str(path), safe_only=False)[0]
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint (truncated or another kind of file: "
+                        f"{str(e).splitlines()[0]}); re-copy or re-export it from training") from None
+    allowed = {name: _allowed_global(name) for name in names}
+    refused = sorted(name for name, obj in allowed.items() if obj is None)
+    if refused:
+        raise UserError(
+            f"checkpoint {path} references {', '.join(refused)}, which no Ultralytics detection checkpoint "
+            f"holds; refusing to unpickle it, because unpickling can run code. Pass --trust-checkpoint only "
+            f"if you trust where the file came from")
+    with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def load_model(path: str | Path, trust: bool | None = None) -> DetectionModel:
+    """Load an Ultralytics detection checkpoint as an FP32 eval-mode model, or raise a UserError saying why not.
+
+    Untrusted (the default, unless `trust` or the TRUST_ENV variable says otherwise), the checkpoint is read with
+    torch.load(weights_only=True) and an allow-list of model classes and plain data: a pickle that would run
+    code on load is refused before anything in it runs.
+    """
     path = Path(path)
+    if trust is None:
+        trust = os.environ.get(TRUST_ENV) == "1"
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the path of your trained best.pt with --model")
     if path.suffix != ".pt":
@@ -41,13 +103,24 @@ def load_model(path: str | Path) -> DetectionModel:
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty; re-copy or re-export it from training")
     try:
-        model, _ = load_checkpoint(path)
-    except (TypeError, ModuleNotFoundError, AttributeError, KeyError, RuntimeError) as e:
+        ckpt = _read_checkpoint(path, trust)
+    except (pickle.UnpicklingError, TypeError, ModuleNotFoundError, AttributeError, RuntimeError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} cannot be loaded as an Ultralytics model: {first}") from e
+        raise UserError(f"checkpoint {path} cannot be loaded as an Ultralytics model: {first}") from None
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"checkpoint {path} holds no Ultralytics model (no 'model' entry); pass the best.pt "
+                        f"that Ultralytics' training wrote")
     if type(model) is not DetectionModel:  # subclasses (segment, pose, OBB, ...) have heads we do not handle
         kind = UNSUPPORTED.get(type(model).__name__, type(model).__name__)
         raise UserError(f"checkpoint {path} is a {kind} model; only detection models are supported yet")
+    # What Ultralytics' load_checkpoint does after unpickling.
+    model = model.float().eval()
+    model.args = {**DEFAULT_CFG_DICT, **ckpt.get("train_args", {})}
+    model.pt_path = str(path)
+    model.task = "detect"
+    if not hasattr(model, "stride"):
+        model.stride = torch.tensor([32.0])
     return model
 
 
@@ -84,24 +157,6 @@ def describe(model: DetectionModel, imgsz: int) -> dict[str, Any]:
         "gflops": round(get_flops(model, imgsz), 3),
         "stride": int(model.stride.max()),
     }
-
-
-def check_dataset(data: str | Path, classes: int) -> dict[str, Any]:
-    """Parse and check a dataset YAML (never downloads); its class count must match the model's."""
-    data = Path(data)
-    if not data.is_file():
-        raise UserError(f"dataset YAML {data} does not exist; pass the data.yaml the model was trained with")
-    try:
-        info = check_det_dataset(str(data), autodownload=False)
-    except (FileNotFoundError, SyntaxError, KeyError, ValueError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"dataset YAML {data} is not usable: {first}") from e
-    if info["nc"] != classes:
-        raise UserError(
-            f"dataset YAML {data} has {info['nc']} classes but the model has {classes}; "
-            f"pass the dataset the model was trained on"
-        )
-    return info
 
 
 def evaluate(weights: str | Path | DetectionModel, data: str | Path, imgsz: int, split: str, conf: float,
@@ -142,37 +197,3 @@ def export_onnx(model: DetectionModel, imgsz: int, folder: Path, stem: str) -> t
     YAML.save(metadata, exporter.metadata)
     return onnx_path, metadata
 
-
-def split_images(info: dict[str, Any], split: str) -> list[Path]:
-    """The image files of one split of a checked dataset, sorted (folders, list files or lists of either)."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    entries = info.get(split)
-    if not entries:
-        raise UserError(f"the dataset has no '{split}' split; add '{split}: images/{split}' to its YAML")
-    files: list[Path] = []
-    for entry in entries if isinstance(entries, list) else [entries]:
-        entry = Path(entry)
-        if entry.is_dir():
-            files += [p for p in entry.rglob("*") if p.suffix[1:].lower() in IMG_FORMATS]
-        elif entry.is_file():
-            files += [(entry.parent / line.strip()).resolve() for line in entry.read_text().splitlines() if line.strip()]
-    if not files:
-        raise UserError(f"the dataset's '{split}' split ({entries}) holds no images; point it at a folder of images")
-    return sorted(files)
-
-
-def dataset_fingerprint(info: dict[str, Any]) -> str:
-    """A hash of the dataset's YAML and of every image and label file's name, size and mtime: changes when they do."""
-    from ultralytics.data.utils import img2label_paths
-
-    from edgecompress.pipeline.cache import digest
-
-    listing = []
-    for split in ("train", "val", "test"):
-        if info.get(split):
-            images = split_images(info, split)
-            for p in [*images, *map(Path, img2label_paths([str(i) for i in images]))]:
-                stat = p.stat() if p.exists() else None
-                listing.append((str(p), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1))
-    return digest({"yaml": Path(info["yaml_file"]).read_text(), "files": listing})

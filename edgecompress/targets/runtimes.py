@@ -5,7 +5,7 @@ numpy-only at import time; each runtime imports its own library when used.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +42,9 @@ class Runtime:
             from edgecompress.targets.tensorrt import unusable_reason
 
             return unusable_reason()
-        if importlib.util.find_spec(self.module) is None:
+        try:  # importing, not just finding, the module: a broken install is as unusable as a missing one
+            importlib.import_module(self.module)
+        except ImportError:
             return f"runtime '{self.name}' is not installed here; install it with: {self.install}"
         return None
 
