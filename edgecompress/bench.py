@@ -288,7 +288,8 @@ def list_images(entries: list[Path], where: str) -> list[Path]:
         if entry.is_dir():
             files += [p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
         elif entry.is_file():
-            files += [(entry.parent / line.strip()).resolve() for line in entry.read_text().splitlines() if line.strip()]
+            lines = [line.strip() for line in entry.read_text().splitlines()]
+            files += [(entry.parent / line).resolve() for line in lines if line]
         else:
             raise UserError(f"{where}: {entry} does not exist; fix the YAML's 'path' or the split's entry")
     if not files:

@@ -17,7 +17,8 @@ from edgecompress.pipeline.cli import main
 
 IMGSZ = 96
 # What a device has: numpy, OpenCV, pyyaml and one runtime. Importing anything else must fail, as it would there.
-LIGHT = ("import sys; sys.modules.update(dict.fromkeys(['torch', 'torchvision', 'ultralytics', 'onnx', 'matplotlib'])); "
+BLOCKED = ["torch", "torchvision", "ultralytics", "onnx", "matplotlib"]
+LIGHT = (f"import sys; sys.modules.update(dict.fromkeys({BLOCKED})); "
          "from edgecompress.pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

@@ -144,7 +144,8 @@ def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None,
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"TensorRT {trt.__version__} failed to build {stem} from {onnx_path}; its log above says why")
+        raise RuntimeError(f"TensorRT {trt.__version__} failed to build {stem} from {onnx_path}; "
+                           f"its log above says why")
     timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     plan_bytes = bytes(memoryview(plan))
     (folder / f"{stem}.plan").write_bytes(plan_bytes)
