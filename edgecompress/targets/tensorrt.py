@@ -302,8 +302,8 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    if info["engine"] is None:
-        print(f"error: {info['reason']}", file=sys.stderr)
+    if info["engine"] is None:  # on the device itself: say only why TensorRT cannot run here
+        print(f"error: {unusable_reason()}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=1))
     return 0
