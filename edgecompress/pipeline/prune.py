@@ -1,21 +1,480 @@
-"""Structured pruning with torch-pruning (implemented by the pruning issue; the recipe section is here)."""
+"""Structured pruning of Ultralytics detectors with torch-pruning: real channel (and block) removal, never masks.
+
+The flow of `prune()`:
+  1. copy the model, switch gradients on (Ultralytics loads them off, and torch-pruning traces autograd);
+  2. optionally drop whole bottleneck blocks (depth pruning);
+  3. split C2f/C3k2 into two convs (yolo_blocks) and build torch-pruning's DependencyGraph;
+  4. score every channel group with the chosen criterion, choose how many channels each group loses
+     (uniform / global / threshold; rounded to the target's channel multiple; the two halves of a split
+     block kept equal), searching the one knob that meets the FLOPs target;
+  5. for iterative schedules, fine-tune between steps and stop early when the mAP budget is spent;
+  6. fold the split blocks back, so the model holds only stock Ultralytics classes.
+
+Blocks that cannot be pruned safely are left alone and named in the info dict: the Detect head's final convs
+(their outputs are box/class channels), the DFL, and attention (heads of fixed width reshape the channels).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import fnmatch
+import json
+import math
+import types
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from ultralytics.nn.modules import C2f, C3k2, Detect
+from ultralytics.nn.modules.block import Attention
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils.torch_utils import get_flops
 
 from edgecompress.pipeline.config import require
+from edgecompress.pipeline.yolo_blocks import C2fSplit, SplitBlock, fold_blocks, split_blocks
+
+Criterion = Literal["l1", "l2", "group_norm", "bn_scale", "taylor", "activation", "random"]
+Allocation = Literal["uniform", "global", "threshold"]
+CRITERIA_NEEDING_DATA = ("taylor", "activation")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """`flops`: the fraction of FLOPs to remove (0 = no pruning)."""
+    """How much to prune and how to choose what goes.
+
+    Give exactly one amount: `flops` (fraction of FLOPs to remove, reached within `flops_tolerance`), `ratio`
+    (fraction of channels every prunable group loses; global allocation spreads it), or, with
+    allocation 'threshold', `threshold` (remove every channel whose normalised importance is below it).
+    """
 
     flops: float = 0.0
+    ratio: float = 0.0
+    threshold: float = 0.0
+    criterion: Criterion = "l2"
+    allocation: Allocation = "uniform"
+    steps: int = 1  # iterative pruning: the amount is reached in this many equal steps
+    step_epochs: int = 1  # fine-tuning epochs after each step but the last (the finetune stage follows)
+    max_map_drop: float | None = None  # mAP50-95 points: stop stepping (keep the best step) once a step loses more
+    round_to: int = 1  # keep channel counts a multiple of this (8 for TensorRT's tensor cores)
+    max_group_ratio: float = 0.9  # no group loses more than this fraction (global/threshold allocation)
+    depth: int = 0  # bottleneck blocks removed from C2f/C3k2 repeats before width pruning
+    ignore: tuple[str, ...] = ()  # module-name patterns (fnmatch, e.g. 'model.22.*') never pruned
+    sparse_epochs: int = 0  # criterion group_norm: epochs of group-sparsity-regularised training first
+    sparse_reg: float = 5e-4  # criterion group_norm: regularisation strength (torch-pruning's `reg`)
+    batches: int = 4  # criteria taylor/activation: training batches used to score channels
+    flops_tolerance: float = 0.01  # relative error of the reached FLOPs against the target
 
     def __post_init__(self) -> None:
         require(0.0 <= self.flops < 1.0, f"prune.flops is the fraction of FLOPs to remove, in [0, 1); got {self.flops}")
+        require(0.0 <= self.ratio < 1.0,
+                f"prune.ratio is the fraction of channels to remove, in [0, 1); got {self.ratio}")
+        require(not (self.flops and self.ratio),
+                f"prune.flops ({self.flops}) and prune.ratio ({self.ratio}) both set; give one amount, e.g. flops")
+        if self.allocation == "threshold":
+            require(self.threshold > 0 and not (self.flops or self.ratio),
+                    f"prune.allocation 'threshold' prunes by prune.threshold (> 0) alone; got threshold "
+                    f"{self.threshold}, flops {self.flops}, ratio {self.ratio}: set only threshold, e.g. 0.05")
+        else:
+            require(self.threshold == 0.0,
+                    f"prune.threshold ({self.threshold}) needs allocation: threshold; or remove it")
+        require(self.steps >= 1, f"prune.steps must be >= 1, got {self.steps}")
+        require(self.step_epochs >= 0, f"prune.step_epochs must be >= 0, got {self.step_epochs}")
+        require(self.max_map_drop is None or self.max_map_drop >= 0,
+                f"prune.max_map_drop is in mAP50-95 points and must be >= 0, got {self.max_map_drop}")
+        require(self.round_to >= 1, f"prune.round_to must be >= 1 (8 for TensorRT), got {self.round_to}")
+        require(0.0 < self.max_group_ratio < 1.0,
+                f"prune.max_group_ratio must be in (0, 1), got {self.max_group_ratio}; try 0.9")
+        require(self.depth >= 0, f"prune.depth is a number of bottleneck blocks and must be >= 0, got {self.depth}")
+        require(self.sparse_epochs == 0 or self.criterion == "group_norm",
+                f"prune.sparse_epochs ({self.sparse_epochs}) is the training phase of criterion 'group_norm'; "
+                f"set criterion: group_norm or remove sparse_epochs")
+        require(self.sparse_reg > 0, f"prune.sparse_reg must be > 0, got {self.sparse_reg}; try 5e-4")
+        require(self.batches >= 1, f"prune.batches must be >= 1, got {self.batches}")
+        require(0.0 < self.flops_tolerance <= 0.05,
+                f"prune.flops_tolerance must be in (0, 0.05], got {self.flops_tolerance}")
 
     @property
     def enabled(self) -> bool:
-        return self.flops > 0
+        return self.flops > 0 or self.ratio > 0 or self.threshold > 0 or self.depth > 0
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, device: str,
+          workdir: Path) -> tuple[DetectionModel, dict]:
+    """Returns the pruned (and, for iterative schedules, step-wise fine-tuned) model and a JSON-able info dict."""
+    from edgecompress.pipeline.finetune import FinetuneConfig, evaluate_model, finetune
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = _trainable_copy(model)
+    base = _size(model, imgsz)
+    info: dict[str, Any] = {"before": base, "config": {"criterion": config.criterion,
+                                                        "allocation": config.allocation}}
+    if config.depth:
+        info["depth_removed"] = remove_blocks(model, config.depth)
+    if config.criterion == "group_norm" and config.sparse_epochs:
+        model, info["sparse_training"] = _sparse_train(model, config, data, imgsz, device, workdir / "sparse")
+
+    track = config.max_map_drop is not None and config.steps > 1
+    base_map = evaluate_model(model, data, imgsz, device, workdir / "eval_base")["map50_95"] if track else None
+    steps, best = [], None
+    for step in range(1, config.steps + 1):
+        fraction = step / config.steps
+        model, step_info = prune_step(model, config, data, imgsz, base["gflops"], fraction)
+        if step < config.steps and config.step_epochs:
+            model, ft = finetune(model, FinetuneConfig(epochs=config.step_epochs), data, imgsz, device,
+                                 workdir / f"step{step}")
+            step_info["finetune"] = ft
+        if track:
+            step_info["map50_95"] = evaluate_model(model, data, imgsz, device, workdir / f"eval{step}")["map50_95"]
+            step_info["map_drop_points"] = round(100 * (base_map - step_info["map50_95"]), 3)
+        steps.append(step_info)
+        if track and step_info["map_drop_points"] > config.max_map_drop:
+            info["stopped_early"] = f"step {step} lost {step_info['map_drop_points']} points > {config.max_map_drop}"
+            break
+        best = model
+    model = best if best is not None else model  # a first step over budget is still returned, and flagged
+    fold_blocks(model)
+    info["steps"] = steps
+    info["after"] = _size(model, imgsz)
+    info["flops_removed"] = round(1 - info["after"]["gflops"] / base["gflops"], 4)
+    (workdir / "prune_info.json").write_text(json.dumps(info, indent=1))
+    return model.eval(), info
+
+
+def prune_step(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, base_gflops: float,
+               fraction: float) -> tuple[DetectionModel, dict]:
+    """One pruning step reaching `fraction` of the configured amount (measured against the unpruned model)."""
+    split_blocks(model)
+    plan = Planner(model, config, data, imgsz)
+    if config.flops:
+        target = base_gflops * (1 - config.flops * fraction)
+        knob = _search(lambda k: _size(plan.apply(k, dry_run=True), imgsz)["gflops"], target,
+                       config.flops_tolerance * target)
+    else:
+        knob = config.ratio * fraction if config.allocation != "threshold" else config.threshold
+    pruned = plan.apply(knob)
+    info = {"knob": round(knob, 5), **_size(pruned, imgsz), "groups": plan.report(pruned), "skipped": plan.skipped}
+    return pruned, info
+
+
+def _search(gflops_at: Callable[[float], float], target: float, tolerance: float) -> float:
+    """Bisect the allocation knob (more knob, fewer FLOPs) until the FLOPs are within tolerance of target."""
+    lo, hi = 0.0, 1.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        g = gflops_at(mid)
+        if abs(g - target) <= tolerance:
+            return mid
+        lo, hi = (mid, hi) if g > target else (lo, mid)
+    return hi  # rounding to a channel multiple can make the exact target unreachable: err on fewer FLOPs
+
+
+# ------------------------------------------------------------------------------------------- the planner
+
+class Planner:
+    """The channel groups of one model, their importances, and which channels a knob value removes."""
+
+    def __init__(self, model: DetectionModel, config: PruneConfig, data: str, imgsz: int):
+        self.model, self.config, self.imgsz = model, config, imgsz
+        self.names = {m: n for n, m in model.named_modules()}
+        self.dg = build_graph(model, imgsz)
+        protected = protected_layers(model, config.ignore)
+        self.skipped: list[dict[str, str]] = []
+        importance = make_importance(config.criterion)
+        if config.criterion in CRITERIA_NEEDING_DATA:
+            _score_with_data(model, importance, config, data, imgsz)
+        self.groups: list[tuple[nn.Module, torch.Tensor, str]] = []  # (root conv, importance, tie key)
+        self.frozen_ties: set[str] = set()  # split blocks with one half unprunable: the other half stays too
+        for group in self.dg.get_all_groups(root_module_types=[nn.Conv2d]):
+            reason = _unsafe(group, protected)
+            root = group[0].dep.target.module
+            if reason:
+                self.skipped.append({"group": self.names[root], "reason": reason})
+                self.frozen_ties.add(_tie_key(group, self.names))
+                continue
+            imp = importance(group)
+            if imp is None:
+                continue
+            self.groups.append((root, imp.detach().float().cpu(), _tie_key(group, self.names)))
+        for m in model.modules():  # Taylor gradients must not leak into fine-tuning
+            if isinstance(m, nn.Conv2d) and m.weight.grad is not None:
+                m.weight.grad = None
+
+    def counts(self, knob: float) -> dict[nn.Module, int]:
+        """How many channels each group root loses at this knob value."""
+        c = self.config
+        if c.allocation == "uniform":
+            raw = {root: round(knob * len(imp)) for root, imp, _ in self.groups}
+        else:
+            if c.allocation == "threshold":
+                cut = knob
+            else:  # global: one importance cut over every channel of every group
+                everything = torch.cat([imp for _, imp, _ in self.groups])
+                cut = torch.quantile(everything, min(knob, 1.0)).item() if knob > 0 else -math.inf
+            raw = {root: int((imp < cut).sum()) for root, imp, _ in self.groups}
+        counts = {}
+        for root, imp, _ in self.groups:
+            n = min(raw[root], int(c.max_group_ratio * len(imp)))
+            counts[root] = len(imp) - _round_keep(len(imp) - n, c.round_to, len(imp))
+        ties: dict[str, list[nn.Module]] = {}
+        for root, _, key in self.groups:
+            if key:
+                ties.setdefault(key, []).append(root)
+        for key, roots in ties.items():  # the two halves of a split block stay equal, so it folds back to stock
+            n = 0 if key in self.frozen_ties else min(counts[r] for r in roots)
+            for r in roots:
+                counts[r] = n
+        return counts
+
+    def apply(self, knob: float, dry_run: bool = False) -> DetectionModel:
+        """Prune (a copy, for dry runs) at this knob value; returns the pruned model."""
+        counts = self.counts(knob)
+        if dry_run:
+            model = copy.deepcopy(self.model)
+            dg = build_graph(model, self.imgsz)
+            mapping = dict(zip(self.model.modules(), model.modules()))
+        else:
+            model, dg, mapping = self.model, self.dg, None
+        for root, imp, _ in self.groups:
+            n = counts[root]
+            if n <= 0:
+                continue
+            idxs = torch.argsort(imp)[:n].tolist()
+            target = mapping[root] if mapping else root
+            group = dg.get_pruning_group(target, tp.prune_conv_out_channels, idxs)
+            if dg.check_pruning_group(group):
+                group.prune()
+        return model
+
+    def report(self, pruned: DetectionModel) -> dict[str, list[int]]:
+        """Per group root: [channels before, channels after]."""
+        return {self.names[root]: [len(imp), root.out_channels] for root, imp, _ in self.groups}
+
+
+def build_graph(model: DetectionModel, imgsz: int) -> tp.DependencyGraph:
+    """Trace the model in training mode, where the head returns raw feature maps (no box decoding, no top-k)."""
+    size = max(64, min(imgsz, 160))  # channel dependencies do not depend on the input size
+    example = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+    with _traceable(model):
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example, output_transform=_flat_tensors, verbose=False)
+
+
+@contextlib.contextmanager
+def _traceable(model: nn.Module) -> Iterator[None]:
+    """Training mode without moving BN statistics, and attention reduced to its channel coupling.
+
+    Torch-pruning maps channel indices through every reshape; through attention's head reshapes its index
+    lists grow by the spatial size and exhaust memory. Attention layers are never pruned (protected_layers),
+    so for tracing it is enough that input and output channels stay coupled through `pe` and `proj`.
+    """
+    was_training = model.training
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    attention = [m for m in model.modules() if isinstance(m, Attention)]
+    for bn in bns:
+        bn.momentum = 0.0
+    for m in attention:
+        m.forward = types.MethodType(lambda self, x: self.proj(self.pe(x)), m)
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        for m in attention:
+            del m.forward
+
+
+def _flat_tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
+    return [t for item in items for t in _flat_tensors(item)]
+
+
+def protected_layers(model: DetectionModel, ignore: tuple[str, ...]) -> dict[nn.Module, str]:
+    """Layers whose channels must not change, with the reason; `ignore` patterns that match nothing are errors."""
+    protected: dict[nn.Module, str] = {}
+    for m in model.modules():
+        if isinstance(m, Detect):
+            for head in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+                for branch in getattr(m, head, None) or []:
+                    protected[_last_conv(branch)] = "Detect output conv: its channels are box/class outputs"
+        if isinstance(m, Attention):
+            for conv in m.modules():
+                if isinstance(conv, nn.Conv2d):
+                    protected[conv] = "attention: channels are reshaped into fixed-width heads"
+    names = dict(model.named_modules())
+    for pattern in ignore:
+        matched = [m for n, m in names.items() if fnmatch.fnmatch(n, pattern) and isinstance(m, nn.Conv2d)]
+        require(bool(matched), f"prune.ignore pattern {pattern!r} matches no conv layer; module names look like "
+                               f"'model.22.cv3.0.2' (patterns use fnmatch, e.g. 'model.22.*')")
+        for m in matched:
+            protected[m] = f"ignored by prune.ignore {pattern!r}"
+    return protected
+
+
+def _last_conv(module: nn.Module) -> nn.Conv2d:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
+
+
+def _unsafe(group: tp.Group, protected: dict[nn.Module, str]) -> str:
+    """Why this group must be left alone, or ''.
+
+    Attention layers are protected in any direction; other protected layers only against losing outputs
+    (pruning the inputs of a Detect output conv is fine)."""
+    for item in group:
+        module, fn = item.dep.target.module, item.dep.handler
+        reason = protected.get(module)
+        if reason and (reason.startswith("attention") or fn == tp.prune_conv_out_channels):
+            return reason
+    return ""
+
+
+def _tie_key(group: tp.Group, names: dict[nn.Module, str]) -> str:
+    """Groups holding the outputs of a split block's cv0 or cv1 share a key: they must lose equal counts."""
+    for item in group:
+        module, fn = item.dep.target.module, item.dep.handler
+        if fn == tp.prune_conv_out_channels:  # bound methods: equal, never identical
+            name = names.get(module, "")
+            for half in (".cv0.conv", ".cv1.conv"):
+                if name.endswith(half) and isinstance(_parent(names, name, half), SplitBlock):
+                    return name[: -len(half)]
+    return ""
+
+
+def _parent(names: dict[nn.Module, str], name: str, suffix: str) -> nn.Module | None:
+    target = name[: -len(suffix)]
+    return next((m for m, n in names.items() if n == target), None)
+
+
+def _round_keep(keep: int, multiple: int, total: int) -> int:
+    """Channels kept, rounded to the nearest multiple (at least one multiple, at most all)."""
+    if multiple == 1:
+        return max(1, keep)
+    return min(total, max(multiple, int(round(keep / multiple)) * multiple))
+
+
+# ------------------------------------------------------------------------------------------- importances
+
+def make_importance(criterion: Criterion) -> tp.importance.Importance:
+    """torch-pruning's importance for a criterion name (group-summed, mean-normalised so groups compare)."""
+    if criterion == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if criterion in ("l2", "group_norm"):  # group_norm: L2 after the group-sparsity training
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if criterion == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    if criterion == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if criterion == "activation":
+        return tp.importance.ActivationImportance()
+    return tp.importance.RandomImportance()
+
+
+def _score_with_data(model: DetectionModel, importance: tp.importance.Importance, config: PruneConfig,
+                     data: str, imgsz: int) -> None:
+    """Feed `config.batches` training batches: gradients for Taylor, mean input activations for activation."""
+    from edgecompress.pipeline.finetune import train_batches
+
+    loss_model = _with_loss_args(model)
+    model.train()
+    if isinstance(importance, tp.importance.ActivationImportance):
+        with importance.compute_importance(model), torch.no_grad():
+            sums: dict[nn.Module, torch.Tensor] = {}
+            for batch in train_batches(data, imgsz, config.batches):
+                model(batch["img"])
+                for m in model.modules():
+                    if hasattr(m, "_importance"):
+                        sums[m] = sums.get(m, 0) + m._importance
+            for m, s in sums.items():
+                m._importance = s / config.batches
+    else:
+        model.zero_grad()
+        for batch in train_batches(data, imgsz, config.batches):
+            loss, _ = loss_model.loss(batch)
+            loss.sum().backward()
+    model.eval()
+
+
+def _with_loss_args(model: DetectionModel) -> DetectionModel:
+    from ultralytics.cfg import get_cfg
+
+    if not hasattr(model.args, "box"):  # the loss reads its gains as attributes
+        model.args = get_cfg(overrides={k: v for k, v in dict(model.args).items() if k != "cfg"})
+    model.criterion = None
+    return model
+
+
+def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, device: str,
+                  workdir: Path) -> tuple[DetectionModel, dict]:
+    """Torch-pruning's GroupNormPruner regularisation during training: unimportant groups shrink toward zero."""
+    from edgecompress.pipeline.finetune import FinetuneConfig, finetune
+
+    split_blocks(model)
+    protected, _ = protected_layers(model, config.ignore)
+
+    def regulariser(trained: nn.Module) -> Callable[[nn.Module], None]:
+        with _traceable(trained):
+            pruner = tp.pruner.GroupNormPruner(
+                trained, torch.zeros(1, 3, 64, 64), importance=tp.importance.GroupMagnitudeImportance(p=2),
+                reg=config.sparse_reg, ignored_layers=list(protected_layers(trained, config.ignore)),
+                output_transform=_flat_tensors, pruning_ratio=0.0)
+        return pruner.regularize
+
+    model, info = finetune(model, FinetuneConfig(epochs=config.sparse_epochs), data, imgsz, device, workdir,
+                           regulariser=regulariser)
+    return model, info
+
+
+# ---------------------------------------------------------------------------------------- depth pruning
+
+def remove_blocks(model: DetectionModel, count: int) -> list[dict]:
+    """Drop `count` bottleneck blocks from C2f/C3k2 repeats, least important first; returns what went.
+
+    A block's importance is the mean |BN scale| of its last layer: a residual block that writes little is
+    close to the identity. Only the last block of a chain is dropped (its output feeds only `cv2`), so
+    every remaining tensor keeps its width; a block with one repeat left is kept.
+    """
+    removed = []
+    for _ in range(count):
+        candidates = []
+        for name, m in model.named_modules():
+            if type(m) in (C2f, C3k2, C2fSplit) and len(m.m) > 1:
+                last = [b for b in m.m[-1].modules() if isinstance(b, nn.BatchNorm2d)][-1]
+                candidates.append((last.weight.abs().mean().item(), name, m))
+        if not candidates:
+            break
+        score, name, block = min(candidates, key=lambda t: t[0])
+        conv = block.cv2.conv
+        keep = conv.in_channels - _last_conv(block.m[-1]).out_channels  # its output is cv2's last input slice
+        conv.weight = nn.Parameter(conv.weight.data[:, :keep].clone())
+        conv.in_channels = keep
+        block.m = type(block.m)(list(block.m)[:-1])
+        removed.append({"block": f"{name}.m.{len(block.m)}", "bn_scale": round(score, 5)})
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _trainable_copy(model: DetectionModel) -> DetectionModel:
+    model = copy.deepcopy(model).float().cpu()
+    for p in model.parameters():
+        p.requires_grad_(True)  # Ultralytics loads with grads off; torch-pruning traces through autograd
+    for m in model.modules():
+        if m.__class__.__name__ == "DFL":
+            m.conv.requires_grad_(False)  # fixed decode weights
+    return model.eval()
+
+
+def _size(model: nn.Module, imgsz: int) -> dict[str, float]:
+    return {"gflops": round(get_flops(model, imgsz), 4), "parameters": sum(p.numel() for p in model.parameters())}
+
