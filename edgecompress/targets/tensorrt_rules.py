@@ -48,13 +48,14 @@ def violations(model: onnx.ModelProto) -> list[str]:
         if zero is None:
             problems.append(f"{node.name}: no constant zero point (the default is uint8; TensorRT needs int8 0)")
         elif zero.dtype != np.int8:
-            problems.append(f"{node.name}: zero point is {zero.dtype}, TensorRT needs int8")
+            problems.append(f"{node.name}: zero point is {zero.dtype}, TensorRT needs int8"
+                            + (" (biases stay float for TensorRT)" if zero.dtype == np.int32 else ""))
         elif np.any(zero != 0):
             problems.append(f"{node.name}: zero point {zero.ravel()[:4].tolist()} is not 0 (asymmetric)")
         scale = consts.get(node.input[1])
-        is_weight = node.op_type == "DequantizeLinear" and _is_constant(node.input[0], consts, producers)
-        if is_weight:
-            problems += _weight_problems(node, scale, consts, producers, consumers)
+        if _is_constant(node.input[0], consts, producers):  # a weight (or bias): checked where its DQ feeds a Conv
+            if node.op_type == "DequantizeLinear":
+                problems += _weight_problems(node, scale, consts, producers, consumers)
         elif scale is not None and scale.size != 1:
             problems.append(f"{node.name}: activation quantized per channel ({scale.size} scales); "
                             f"TensorRT needs one scale per activation tensor")
@@ -75,9 +76,10 @@ def violations(model: onnx.ModelProto) -> list[str]:
     decode = set(head_decode_nodes(model))
     for node in graph.node:
         if node.name in decode:
-            touched = [name for name in node.input if _from_dq(name, producers)]
-            touched += [out for out in node.output if any(c.op_type == "QuantizeLinear"
-                                                          for c in consumers.get(out, []))]
+            # The branch convs' logits entering the decode may be INT8 (each level's tensor has its own scale);
+            # what the decode computes (distances, pixel boxes, scores) may not.
+            touched = [out for out in node.output if any(c.op_type == "QuantizeLinear"
+                                                         for c in consumers.get(out, []))]
             if touched:
                 problems.append(f"{node.name}: part of the head's decode (DFL, Sigmoid, final Concat) but "
                                 f"quantized at {touched}; the decode must stay float")

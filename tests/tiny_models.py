@@ -1,0 +1,43 @@
+"""Tiny ONNX models named like an Ultralytics export (a body, a head with conv branches and a float decode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# Per-output-channel weights with hand-checkable absolute maxima: 0.5, 2.0 (1x1 convs, 1 -> 2 channels).
+BODY_WEIGHT = np.array([0.5, -2.0], np.float32).reshape(2, 1, 1, 1)
+BRANCH_WEIGHT = np.array([[1.0, 0.25], [-0.5, 1.0]], np.float32).reshape(2, 2, 1, 1)
+
+
+def detector(path: Path, opset: int = 17) -> Path:
+    """images (1,1,8,8) -> body Conv -> Relu -> head branch Conv -> decode Sigmoid -> Mul -> output0."""
+    nodes = [
+        helper.make_node("Conv", ["images", "w0"], ["a"], name="/model.0/conv/Conv"),
+        helper.make_node("Relu", ["a"], ["b"], name="/model.0/act/Relu"),
+        helper.make_node("Conv", ["b", "w1"], ["c"], name="/model.1/cv2.0/cv2.0.0/Conv"),
+        helper.make_node("Sigmoid", ["c"], ["d"], name="/model.1/Sigmoid"),
+        helper.make_node("Mul", ["d", "k"], ["output0"], name="/model.1/Mul"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [numpy_helper.from_array(BODY_WEIGHT, "w0"), numpy_helper.from_array(BRANCH_WEIGHT, "w1"),
+         numpy_helper.from_array(np.array(640.0, np.float32), "k")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"names": "{0: 'a', 1: 'b'}", "stride": "8"})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def ramp_inputs(count: int = 4) -> list[np.ndarray]:
+    """Inputs whose overall min and max are exactly -1 and 3."""
+    values = np.linspace(-1.0, 3.0, count * 64, dtype=np.float32)
+    return [values[i * 64:(i + 1) * 64].reshape(1, 1, 8, 8) for i in range(count)]
