@@ -1,19 +1,316 @@
-"""INT8 quantization per target (implemented by the quantization issue; the recipe section is here)."""
+"""INT8 quantization per target: post-training (calibrated ranges, accuracy-aware fallback) and QAT.
+
+PTQ works on the exported FP32 ONNX and needs no torch: onnxruntime's QDQ quantizer applies the ranges that
+edgecompress.calibration estimated (onnx, arm, jetson, and x86 when `openvino_quantizer: qdq`), or NNCF
+quantizes the OpenVINO model (x86). QAT fine-tunes with fake quantization through Ultralytics' trainer.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+
+from edgecompress.calibration import METHODS, Method, Ranges, batches, estimate_ranges, select_images
+from edgecompress.calibration.graph import head_decode_nodes, head_scope
+from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
+from edgecompress.errors import UserError
+from edgecompress.pipeline.config import require
+from edgecompress.targets import Int8Rules, Target
+from edgecompress.targets import tensorrt_rules
+
+LOG = logging.getLogger(__name__)
 
 QuantMode = Literal["none", "ptq", "qat"]
+SENSITIVITY_IMAGES = 8  # enough to rank layers by quantization noise; the ranking only orders the fallback
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Fake-quantized fine-tuning: short, at a small learning rate, from the already trained weights."""
+
+    epochs: int = 3
+    lr0: float = 1e-4
+    batch: int = 8
+    calibration_batches: int = 8  # batches that set the fake quantizers' ranges before training
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, f"quant.qat.epochs must be >= 1, got {self.epochs}")
+        require(0 < self.lr0 < 0.1, f"quant.qat.lr0 must be in (0, 0.1), got {self.lr0}; "
+                                    f"QAT starts from trained weights, write e.g. 0.0001")
+        require(self.batch >= 1, f"quant.qat.batch must be >= 1, got {self.batch}")
+        require(self.calibration_batches >= 1,
+                f"quant.qat.calibration_batches must be >= 1, got {self.calibration_batches}")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """`mode`: none (FP32), ptq (post-training INT8 with calibration) or qat (quantization-aware training)."""
+    """`mode`: none (FP32), ptq (post-training INT8 with calibration) or qat (quantization-aware training).
+
+    The scheme follows the target (its Int8Rules) unless `activations` overrides it; weights are always
+    symmetric int8, per output channel unless `per_channel` is false.
+    """
 
     mode: QuantMode = "none"
+    method: Method = "minmax"  # activation range estimation: minmax, percentile, entropy (KL) or mse
+    percentile: float = 99.999  # for method percentile: the share of values kept inside the range
+    activations: Literal["target", "symmetric", "asymmetric"] = "target"
+    per_channel: bool = True
+    calibration_images: int = 300  # drawn from the train split; fewer give ranges that vary with the draw
+    seed: int = 0
+    max_map_drop: float = 1.0  # mAP50-95 points the INT8 model may lose before layers fall back to float
+    max_float_layers: int = 16  # the fallback keeps at most this many layers in float
+    openvino_quantizer: Literal["nncf", "qdq"] = "nncf"  # x86: NNCF on the IR, or OpenVINO reading our QDQ ONNX
+    qat: QATConfig = field(default_factory=QATConfig)
+
+    def __post_init__(self) -> None:
+        require(self.method in METHODS, f"quant.method {self.method!r} is unknown; write one of {', '.join(METHODS)}")
+        require(50.0 < self.percentile <= 100.0,
+                f"quant.percentile must be in (50, 100], got {self.percentile}; write e.g. 99.999")
+        require(self.calibration_images >= 1,
+                f"quant.calibration_images must be >= 1, got {self.calibration_images}; write e.g. 300")
+        require(self.max_map_drop >= 0, f"quant.max_map_drop must be >= 0 points, got {self.max_map_drop}")
+        require(self.max_float_layers >= 0, f"quant.max_float_layers must be >= 0, got {self.max_float_layers}")
 
     @property
     def enabled(self) -> bool:
         return self.mode != "none"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """The INT8 scheme one artifact uses: the target's rules with the recipe's overrides applied."""
+
+    symmetric_activations: bool
+    per_channel: bool
+    weight_qdq_pair: bool  # float weights behind Q/DQ, as TensorRT's ONNX parser expects; else int8 weights + DQ
+
+    @property
+    def activation_type(self) -> str:
+        return "int8" if self.symmetric_activations else "uint8"
+
+    @classmethod
+    def of(cls, rules: Int8Rules, config: QuantConfig) -> Scheme:
+        symmetric = rules.symmetric_activations if config.activations == "target" else config.activations == "symmetric"
+        tensorrt = rules.validator == "tensorrt"
+        if tensorrt and not (symmetric and config.per_channel):
+            raise UserError("TensorRT needs symmetric INT8 activations and per-channel weights; "
+                            "write quant.activations: target and quant.per_channel: true for --target jetson")
+        return cls(symmetric, config.per_channel, weight_qdq_pair=tensorrt)
+
+
+def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, imgsz: int, workdir: Path,
+             evaluate: Callable[[Path], float]) -> tuple[Path, dict]:
+    """PTQ of the FP32 ONNX (exported by edgecompress.pipeline.yolo.export_onnx, which also writes a metadata.yaml
+    beside it that OpenVINO artifacts must carry — see edgecompress/targets/runtimes.py convert_onnx) for `target`.
+    Returns the target's artifact (QDQ ONNX for onnxruntime/jetson — keep the ONNX metadata_props so
+    `ultralytics.YOLO(artifact)` loads it; an OpenVINO IR folder named `*_openvino_model` with metadata.yaml for x86)
+    and a JSON-able info dict (method, scheme, calibration images, fallback layers kept in float, timings).
+    `evaluate(artifact) -> mAP50-95` measures a candidate in its runtime; use it for the accuracy-aware fallback."""
+    if target.int8 is None:
+        raise UserError(f"target '{target.name}' runs no INT8; write quant.mode: none (or --quant none)")
+    onnx_fp32, workdir = Path(onnx_fp32), Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rules = target.int8
+    use_nncf = rules.quantizer == "nncf" and config.openvino_quantizer == "nncf"
+    scheme = Scheme.of(rules, config)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    images = select_images(data, config.calibration_images, config.seed)
+    ranges = _cached_ranges(onnx_fp32, images, imgsz, config, scheme, workdir)
+    timings["calibrate_s"] = round(time.perf_counter() - clock, 1)
+    decode = head_decode_nodes(onnx.load(str(onnx_fp32), load_external_data=False))
+
+    def build(keep_float: Sequence[str]) -> Path:
+        if use_nncf:
+            return _nncf_openvino(onnx_fp32, images, imgsz, keep_float, workdir)
+        qdq = quantize_qdq(onnx_fp32, ranges, workdir / f"{onnx_fp32.stem}_int8.onnx", scheme,
+                           [*decode, *keep_float])
+        if rules.validator == "tensorrt":
+            tensorrt_rules.check(onnx.load(str(qdq)))
+        if target.runtime == "openvino":
+            dest = workdir / f"{onnx_fp32.stem}_int8_openvino_model"
+            _qdq_to_openvino(qdq, dest, onnx_fp32.parent / "metadata.yaml")
+            return dest
+        return qdq
+
+    def ranking() -> list[tuple[str, float]]:
+        clock = time.perf_counter()
+        sqnr = tensor_sqnr(onnx_fp32, ranges, batches(images[:SENSITIVITY_IMAGES], imgsz))
+        candidates = [n.name for n in onnx.load(str(onnx_fp32), load_external_data=False).graph.node
+                      if n.name not in set(decode) and n.op_type not in ("Constant", "Shape")]
+        timings["sensitivity_s"] = round(time.perf_counter() - clock, 1)
+        return rank_nodes(onnx_fp32, sqnr, candidates)
+
+    clock = time.perf_counter()
+    baseline = evaluate(_fp32_artifact(onnx_fp32, target, workdir))
+    artifact, fallback = accuracy_aware(build, evaluate, ranking, baseline, config.max_map_drop,
+                                        config.max_float_layers)
+    timings["quantize_and_evaluate_s"] = round(time.perf_counter() - clock, 1)
+    info = {
+        "mode": "ptq",
+        "quantizer": "nncf" if use_nncf else "onnxruntime",
+        "method": "nncf (MIXED preset, its default range estimators)" if use_nncf else config.method,
+        "percentile": config.percentile if config.method == "percentile" and not use_nncf else None,
+        "scheme": {"activations": "uint8 asymmetric" if use_nncf else
+                   f"{scheme.activation_type} {'symmetric' if scheme.symmetric_activations else 'asymmetric'}",
+                   "weights": f"int8 symmetric {'per-channel' if scheme.per_channel else 'per-tensor'}",
+                   "format": "OpenVINO FakeQuantize" if use_nncf else "QDQ"},
+        "calibration_images": len(images),
+        "head_decode_float": decode,
+        "fp32_map50_95": baseline,
+        **fallback,
+        "timings": timings,
+    }
+    (workdir / "quantize.json").write_text(json.dumps(info, indent=1))
+    return artifact, info
+
+
+def accuracy_aware(build: Callable[[Sequence[str]], Path], evaluate: Callable[[Path], float],
+                   ranking: Callable[[], list[tuple[str, float]]], baseline: float, max_drop: float,
+                   max_float: int) -> tuple[Path, dict]:
+    """Build the INT8 model; while it loses more than `max_drop` points, keep the 1, 2, 4, ... most sensitive
+    layers (by `ranking`, computed once and only when needed) in float. Stops at the first model within budget;
+    when none is, returns the most accurate one tried, and says so."""
+    steps: list[dict[str, Any]] = []
+    ranked: list[tuple[str, float]] = []
+    count = 0
+    best: tuple[float, Path, list[str]] | None = None
+    while True:
+        keep = [name for name, _ in ranked[:count]]
+        artifact = build(keep)
+        score = evaluate(artifact)
+        drop = round((baseline - score) * 100, 3)
+        steps.append({"float_layers": len(keep), "map50_95": score, "drop_points": drop})
+        LOG.info("INT8 with %d layers in float: mAP50-95 %.4f (%.2f points below FP32)", len(keep), score, drop)
+        if best is None or score > best[0]:
+            best = (score, _stash(artifact), keep)
+        if drop <= max_drop or count >= max_float:
+            break
+        if not ranked:
+            ranked = ranking()
+        count = min(max(1, 2 * count), max_float, len(ranked))
+        if count == len(keep):  # nothing left to keep in float
+            break
+    score, artifact, keep = best
+    final = _unstash(artifact)
+    return final, {
+        "int8_map50_95": score, "drop_points": round((baseline - score) * 100, 3), "budget_points": max_drop,
+        "within_budget": (baseline - score) * 100 <= max_drop,
+        "float_layers": [{"node": n, "sqnr_db": s} for n, s in ranked if n in keep],
+        "fallback_steps": steps,
+    }
+
+
+def _stash(artifact: Path) -> Path:
+    """Keep a copy of a candidate artifact, since the next fallback step overwrites the same path."""
+    copy = artifact.with_name(artifact.name + ".best")
+    _replace(artifact, copy)
+    return copy
+
+
+def _unstash(copy: Path) -> Path:
+    artifact = copy.with_name(copy.name.removesuffix(".best"))
+    _replace(copy, artifact)
+    shutil.rmtree(copy) if copy.is_dir() else copy.unlink()
+    return artifact
+
+
+def _replace(src: Path, dest: Path) -> None:
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest) if src.is_dir() else shutil.copyfile(src, dest)
+
+
+def _cached_ranges(model: Path, images: Sequence[Path], imgsz: int, config: QuantConfig, scheme: Scheme,
+                   workdir: Path) -> Ranges:
+    """The calibrated ranges, reused from workdir/ranges.json when model, images and method are the same."""
+    key = {"model_bytes": model.stat().st_size, "model_mtime": model.stat().st_mtime_ns,
+           "images": [str(p) for p in images], "imgsz": imgsz, "method": config.method,
+           "percentile": config.percentile, "symmetric": scheme.symmetric_activations}
+    path, key_path = workdir / "ranges.json", workdir / "ranges.key.json"
+    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
+        return Ranges.load(path)
+    ranges = estimate_ranges(model, batches(images, imgsz), config.method, workdir / "calibration",
+                             symmetric=scheme.symmetric_activations, percentile=config.percentile)
+    ranges.save(path)
+    key_path.write_text(json.dumps(key))
+    return ranges
+
+
+def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclude: Sequence[str]) -> Path:
+    """A QDQ ONNX of `model` with `ranges`, every node but `exclude` quantized; keeps the ONNX metadata."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    # Our ranges go in as onnxruntime's calibration cache, so quantize_static applies them without calibrating.
+    cache = dest.with_suffix(".ranges-ort.json")
+    save_tensors_data(ranges.tensors_data(), cache)
+    quantize_static(
+        str(model), str(dest), None, quant_format=QuantFormat.QDQ, per_channel=scheme.per_channel,
+        activation_type=QuantType.QInt8 if scheme.symmetric_activations else QuantType.QUInt8,
+        weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
+        calibration_cache_path=str(cache),
+        extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
+                       # TensorRT takes float weights behind Q/DQ and float biases; onnxruntime fuses
+                       # DQ-Conv-Q into QLinearConv only with int8 weights and an int32 bias
+                       "AddQDQPairToWeight": scheme.weight_qdq_pair, "QuantizeBias": not scheme.weight_qdq_pair},
+    )
+    cache.unlink()
+    quantized = onnx.load(str(dest))
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(onnx.load(str(model), load_external_data=False).metadata_props)
+    onnx.save(quantized, str(dest))  # Ultralytics' AutoBackend reads names, stride and imgsz from the metadata
+    return dest
+
+
+def _fp32_artifact(onnx_fp32: Path, target: Target, workdir: Path) -> Path:
+    """The FP32 model in the target's runtime, the baseline the INT8 model is held to."""
+    if target.runtime != "openvino":
+        return onnx_fp32
+    from edgecompress.targets.runtimes import convert_onnx
+
+    dest = workdir / f"{onnx_fp32.stem}_openvino_model"
+    if not (dest / "metadata.yaml").is_file():
+        convert_onnx("openvino", onnx_fp32, dest, onnx_fp32.parent / "metadata.yaml")
+    return dest
+
+
+def _qdq_to_openvino(qdq: Path, dest: Path, metadata_yaml: Path) -> None:
+    from edgecompress.targets.runtimes import convert_onnx
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    convert_onnx("openvino", qdq, dest, metadata_yaml)
+
+
+def _nncf_openvino(onnx_fp32: Path, images: Sequence[Path], imgsz: int, keep_float: Sequence[str],
+                   workdir: Path) -> Path:
+    """NNCF post-training quantization of the OpenVINO model, the head's decode and `keep_float` ignored."""
+    import nncf
+    import openvino as ov
+
+    fp32_dir = _fp32_artifact(onnx_fp32, Target("x86", "openvino", ""), workdir)
+    model = ov.Core().read_model(str(fp32_dir / f"{onnx_fp32.stem}.xml"))
+    # OpenVINO keeps ONNX node names; a Conv becomes '<name>/WithoutBiases' plus its bias Add '<name>'. The pattern
+    # is the head's decode: everything in the head scope outside its cv2/cv3 conv branches (see calibration.graph).
+    scope = head_scope(onnx.load(str(onnx_fp32), load_external_data=False))
+    names = [f"{name}/WithoutBiases" for name in keep_float] + list(keep_float)
+    ignored = nncf.IgnoredScope(patterns=[rf"^{re.escape(scope)}(?!cv[23]\.\d+/)"], names=names, validate=False)
+    quantized = nncf.quantize(model, nncf.Dataset(list(batches(images, imgsz))), preset=nncf.QuantizationPreset.MIXED,
+                              subset_size=len(images), ignored_scope=ignored)
+    dest = workdir / f"{onnx_fp32.stem}_int8_openvino_model"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    ov.save_model(quantized, str(dest / f"{onnx_fp32.stem}.xml"), compress_to_fp16=False)
+    shutil.copyfile(onnx_fp32.parent / "metadata.yaml", dest / "metadata.yaml")
+    return dest

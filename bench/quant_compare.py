@@ -1,0 +1,122 @@
+"""INT8 side by side with Ultralytics' own int8 exports: mAP50-95 in each artifact's runtime and batch-1 latency.
+
+    YOLO_OFFLINE=1 nice -n 10 .venv/bin/python bench/quant_compare.py [--models yolov8n-bccd ...] [--out runs/quant_compare]
+
+Writes <out>/results.json and prints a Markdown table for BENCHMARKS.md. Latency: median of timed runs after
+warm-up, through edgecompress.targets.runtimes (the runtime's default threads), on a constant 640x640 input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from edgecompress.pipeline.quantize import QuantConfig, quantize  # noqa: E402
+from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model  # noqa: E402
+from edgecompress.targets import TARGETS  # noqa: E402
+from edgecompress.targets.runtimes import RUNTIMES, convert_onnx  # noqa: E402
+
+MODELS = {"yolov8n-bccd": "bccd", "yolo11n-bccd": "bccd", "yolov8n-raccoon": "raccoon"}
+SHARED = Path("/work/shared")
+
+
+def latency_ms(runtime: str, artifact: Path, warmup: int = 10, runs: int = 50) -> float:
+    infer = RUNTIMES[runtime].load(artifact).infer
+    x = np.full((1, 3, 640, 640), 0.5, np.float32)
+    for _ in range(warmup):
+        infer(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        infer(x)
+        times.append(time.perf_counter() - start)
+    return round(1000 * float(np.median(times)), 2)
+
+
+def ultralytics_exports(pt: Path, data: str, folder: Path) -> dict[str, Path]:
+    """Ultralytics' own FP32/INT8 exports (onnxruntime quantize_static and NNCF), beside a copy of the .pt."""
+    from ultralytics import YOLO
+
+    local = folder / "ultralytics" / pt.name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pt, local)
+    out = {}
+    for key, fmt, q in (("ul_ov_fp32", "openvino", None), ("ul_ov_int8", "openvino", 8), ("ul_onnx_int8", "onnx", 8)):
+        args = {"format": fmt, "imgsz": 640, "batch": 1, "device": "cpu", "data": data}
+        if q:
+            args["quantize"] = q
+        out[key] = Path(YOLO(str(local)).export(**args))
+        if fmt == "onnx":  # the next export would overwrite the same file name
+            moved = out[key].with_name(f"{out[key].stem}_ul_int8.onnx")
+            out[key].rename(moved)
+            out[key] = moved
+    return out
+
+
+def run(name: str, out: Path) -> dict:
+    data = str(SHARED / "datasets" / MODELS[name] / "data.yaml")
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_fp32, metadata = export_onnx(load_model(SHARED / "models" / f"{name}.pt").float().eval(), 640, folder, name)
+
+    def map_of(artifact: Path) -> float:
+        return evaluate(artifact, data, 640, "val", 0.001, 0.7, "cpu", folder / "val")["map50_95"]
+
+    rows: dict[str, dict] = {}
+
+    def record(key: str, runtime: str, artifact: Path, extra: dict | None = None) -> None:
+        rows[key] = {"runtime": runtime, "artifact": str(artifact), "map50_95": map_of(artifact),
+                     "latency_ms": latency_ms(runtime, artifact), **(extra or {})}
+        print(name, key, rows[key], flush=True)
+        (folder / "results.json").write_text(json.dumps(rows, indent=1))
+
+    record("ort_fp32", "onnxruntime", onnx_fp32)
+    ov_fp32 = folder / f"{name}_openvino_model"
+    convert_onnx("openvino", onnx_fp32, ov_fp32, metadata)
+    record("ov_fp32", "openvino", ov_fp32)
+    for key, path in ultralytics_exports(SHARED / "models" / f"{name}.pt", data, folder).items():
+        record(key, "onnxruntime" if key == "ul_onnx_int8" else "openvino", path)
+    for key, target, config in (
+        ("ours_onnx", "onnx", QuantConfig("ptq")),
+        ("ours_x86_nncf", "x86", QuantConfig("ptq", openvino_quantizer="nncf")),
+        ("ours_x86_qdq", "x86", QuantConfig("ptq", openvino_quantizer="qdq")),
+        ("ours_jetson_proxy", "jetson", QuantConfig("ptq")),
+    ):
+        t = TARGETS[target] if target in TARGETS else TARGETS["jetson-orin-nano"]
+        artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of)
+        runtime = "onnxruntime" if t.runtime == "tensorrt" else t.runtime  # jetson: accuracy proxy on the CPU
+        record(key, runtime, artifact, {"info": {k: info[k] for k in ("method", "scheme", "calibration_images",
+                                                                      "float_layers", "fallback_steps", "timings")}})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--out", type=Path, default=Path("runs/quant_compare"))
+    args = parser.parse_args()
+    machine = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
+    results = {"machine": machine, "models": {}}
+    for name in args.models:
+        results["models"][name] = run(name, args.out)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    for name, rows in results["models"].items():
+        print(f"\n### {name}\n\n| artifact | runtime | mAP50-95 | Δ vs FP32 (points) | latency ms | speed-up vs FP32 |")
+        print("|---|---|---|---|---|---|")
+        for key, row in rows.items():
+            base = rows["ov_fp32" if row["runtime"] == "openvino" else "ort_fp32"]
+            print(f"| {key} | {row['runtime']} | {row['map50_95']:.4f} | {100 * (row['map50_95'] - base['map50_95']):+.2f}"
+                  f" | {row['latency_ms']:.1f} | {base['latency_ms'] / row['latency_ms']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""PTQ: config validation, TensorRT rule validator, QDQ models in real runtimes, accuracy-aware fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from tiny_models import detector, ramp_inputs
+
+from edgecompress.calibration import estimate_ranges
+from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
+from edgecompress.pipeline.config import ConfigError, from_dict
+from edgecompress.pipeline.quantize import QuantConfig, Scheme, accuracy_aware, quantize_qdq
+from edgecompress.targets import tensorrt_rules
+from edgecompress.targets.runtimes import RUNTIMES, convert_onnx
+
+DECODE = ["/model.1/Sigmoid", "/model.1/Mul"]
+TENSORRT = Scheme(symmetric_activations=True, per_channel=True, weight_qdq_pair=True)
+ONNXRUNTIME = Scheme(symmetric_activations=False, per_channel=True, weight_qdq_pair=False)
+
+
+@pytest.fixture
+def fp32(tmp_path):
+    return detector(tmp_path / "m.onnx")
+
+
+def qdq(fp32, tmp_path, scheme, exclude=DECODE, name="q.onnx"):
+    ranges = estimate_ranges(fp32, ramp_inputs(), "minmax", tmp_path, symmetric=scheme.symmetric_activations)
+    return quantize_qdq(fp32, ranges, tmp_path / name, scheme, exclude)
+
+
+def test_config_from_dict_nested_and_errors_name_the_value():
+    config = from_dict(QuantConfig, {"mode": "ptq", "method": "entropy", "qat": {"epochs": 2}}, "quant")
+    assert config.enabled and config.method == "entropy" and config.qat.epochs == 2
+    with pytest.raises(ConfigError, match="'entrophy' is not one of .*did you mean 'entropy'"):
+        from_dict(QuantConfig, {"method": "entrophy"}, "quant")
+    with pytest.raises(ConfigError, match="percentile must be in \\(50, 100\\], got 101"):
+        QuantConfig(percentile=101)
+    with pytest.raises(ConfigError, match="lr0 .* got 0.5.*write e.g. 0.0001"):
+        from_dict(QuantConfig, {"qat": {"lr0": 0.5}}, "quant")
+
+
+def test_tensorrt_artifact_passes_and_keeps_metadata(fp32, tmp_path):
+    model = onnx.load(str(qdq(fp32, tmp_path, TENSORRT)))
+    assert tensorrt_rules.violations(model) == []
+    assert {p.key: p.value for p in model.metadata_props}["stride"] == "8"
+
+
+def _mutate(model: onnx.ModelProto, op: str, index: int, array: np.ndarray) -> None:
+    """Replace input `index` (an initializer) of the first `op` node quantizing an activation."""
+    inits = {t.name: t for t in model.graph.initializer}
+    node = next(n for n in model.graph.node if n.op_type == op and n.input[0] not in inits
+                and not n.input[0].startswith("w"))
+    inits[node.input[index]].CopyFrom(numpy_helper.from_array(array, node.input[index]))
+
+
+def test_validator_rejects_each_broken_rule(fp32, tmp_path):
+    good = str(qdq(fp32, tmp_path, TENSORRT))
+
+    def broken(change) -> list[str]:
+        model = onnx.load(good)
+        change(model)
+        return tensorrt_rules.violations(model)
+
+    def old_opset(m):
+        m.opset_import[0].version = 12
+
+    def asymmetric(m):
+        _mutate(m, "QuantizeLinear", 2, np.array(3, np.int8))
+
+    def uint8(m):
+        _mutate(m, "QuantizeLinear", 2, np.array(128, np.uint8))
+
+    def per_channel_activation(m):
+        _mutate(m, "QuantizeLinear", 1, np.array([0.1, 0.2], np.float32))
+
+    def weight_per_tensor(m):
+        dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("w0"))
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.output[0] == dq.input[0])
+        scale = numpy_helper.from_array(np.array(2 / 127, np.float32), "per_tensor_scale")
+        m.graph.initializer.append(scale)
+        dq.input[1] = q.input[1] = "per_tensor_scale"
+
+    def weight_axis_1(m):
+        for n in m.graph.node:
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[0].startswith("w1"):
+                next(a for a in n.attribute if a.name == "axis").i = 1
+
+    def q_without_dq(m):
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
+        dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
+        conv = next(n for n in m.graph.node if n.op_type == "Conv" and n.input[0] == dq.output[0])
+        conv.input[0] = q.output[0]
+
+    def float_input_int8_weight(m):
+        conv = next(n for n in m.graph.node if n.op_type == "Conv")
+        conv.input[0] = "images"
+
+    cases = {
+        old_opset: "opset 12 < 13", asymmetric: "is not 0 (asymmetric)", uint8: "zero point is uint8",
+        per_channel_activation: "activation quantized per channel", weight_per_tensor: "weight quantized per tensor",
+        weight_axis_1: "on axis 1", q_without_dq: "feeds ['/model.0/conv/Conv'] directly",
+        float_input_int8_weight: "only its weight is quantized",
+    }
+    for change, message in cases.items():
+        problems = broken(change)
+        assert any(message in p for p in problems), (change.__name__, problems)
+
+    decode_quantized = tensorrt_rules.violations(onnx.load(str(qdq(fp32, tmp_path, TENSORRT, exclude=[],
+                                                                   name="all.onnx"))))
+    assert any("/model.1/Sigmoid: part of the head's decode" in p for p in decode_quantized)
+    with pytest.raises(tensorrt_rules.TensorRTRuleError, match="opset 12"):
+        m = onnx.load(good)
+        old_opset(m)
+        tensorrt_rules.check(m)
+
+
+@pytest.mark.parametrize("scheme", [ONNXRUNTIME, TENSORRT], ids=["uint8-asymmetric", "int8-symmetric"])
+def test_qdq_models_run_in_onnxruntime_and_openvino(fp32, tmp_path, scheme):
+    quantized = qdq(fp32, tmp_path, scheme)
+    x = ramp_inputs()[1]
+    expected = RUNTIMES["onnxruntime"].load(fp32).infer(x)[0]
+    ov_dir = tmp_path / "q_openvino_model"
+    (tmp_path / "metadata.yaml").write_text("stride: 8\n")
+    convert_onnx("openvino", quantized, ov_dir, tmp_path / "metadata.yaml")
+    for runtime, artifact in (("onnxruntime", quantized), ("openvino", ov_dir)):
+        got = RUNTIMES[runtime].load(artifact).infer(x)[0]
+        # outputs are 640 * sigmoid(...): 8-bit steps of inputs (~3/127) move them by a few pixels at most
+        assert np.abs(got - expected).max() < 0.02 * 640, runtime
+        assert np.abs(got - expected).max() > 0, runtime  # it really ran quantized
+
+
+def test_fallback_stops_once_the_budget_holds(fp32, tmp_path):
+    ranges = estimate_ranges(fp32, ramp_inputs(), "minmax", tmp_path)
+    # A wide range on the body activation makes its layers the damaging ones, so the fallback has work to do.
+    wide = type(ranges)(ranges.method, False, None, ranges.images,
+                        {**ranges.tensors, "b": (0.0, ranges.tensors["b"][1] * 40)})
+    x = ramp_inputs()[2]
+    reference = RUNTIMES["onnxruntime"].load(fp32).infer(x)[0]
+
+    def score(artifact):  # a real accuracy in the real runtime: 1 - mean relative error vs FP32
+        out = RUNTIMES["onnxruntime"].load(artifact).infer(x)[0]
+        return 1.0 - float(np.mean(np.abs(out - reference))) / 640
+
+    built = []
+
+    def build(keep):
+        built.append(list(keep))
+        return quantize_qdq(fp32, wide, tmp_path / "int8.onnx", ONNXRUNTIME, [*DECODE, *keep])
+
+    def ranking():
+        sqnr = tensor_sqnr(fp32, wide, ramp_inputs())
+        return rank_nodes(fp32, sqnr, ["/model.0/conv/Conv", "/model.0/act/Relu", "/model.1/cv2.0/cv2.0.0/Conv"])
+
+    int8_drop = (1.0 - score(build([]))) * 100
+    one_float_drop = (1.0 - score(build([ranking()[0][0]]))) * 100
+    assert one_float_drop < int8_drop
+    built.clear()
+
+    budget = (int8_drop + one_float_drop) / 2  # met with one layer in float, not with none
+    artifact, info = accuracy_aware(build, score, ranking, 1.0, budget, max_float=3)
+    assert built == [[], [ranking()[0][0]]]  # stopped at the first step within budget
+    assert info["within_budget"] and [s["float_layers"] for s in info["fallback_steps"]] == [0, 1]
+    assert artifact.is_file() and [f["node"] for f in info["float_layers"]] == [ranking()[0][0]]
+
+    built.clear()
+    _, info = accuracy_aware(build, score, ranking, 1.0, int8_drop + 1, max_float=3)
+    assert built == [[]] and info["float_layers"] == []  # within budget at once: nothing kept in float
