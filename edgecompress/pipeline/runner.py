@@ -21,7 +21,7 @@ from typing import Any
 from edgecompress.errors import NotAvailableYet, UserError
 from edgecompress.pipeline import report as report_mod
 from edgecompress.pipeline import dataset, yolo
-from edgecompress.pipeline.cache import Cache, Entry, file_digest, write_atomic
+from edgecompress.pipeline.cache import DONE, Cache, Entry, file_digest, write_atomic
 from edgecompress.pipeline.config import to_dict
 from edgecompress.pipeline.recipe import Recipe
 from edgecompress.targets import Target, get_target
@@ -166,7 +166,8 @@ class Runner:
         self.log(f"[{name}] ...")
         entry = self.cache.stage(name, parts, build)
         self.manifest.append({"stage": name, "key": entry.key, "folder": str(entry.folder.relative_to(self.out)),
-                              "artifact": entry.info.get("artifact"), "reused": entry.reused})
+                              "files": sorted(p.name for p in entry.folder.iterdir() if p.name != DONE),
+                              "reused": entry.reused})
         write_atomic(self.out / "manifest.json", json.dumps({"stages": self.manifest}, indent=2))
         how = "reused" if entry.reused else f"done in {entry.seconds:.1f} s"
         self.log(f"[{name}] {how} ({entry.folder.relative_to(self.out)})")
