@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
+from ultralytics.data.utils import check_det_dataset, img2label_paths
 
+from edgecompress.bench import list_images
 from edgecompress.errors import UserError
 from edgecompress.pipeline.cache import digest
 
@@ -78,16 +79,8 @@ def split_images(info: dict[str, Any], split: str) -> list[Path]:
     entries = info.get(split)
     if not entries:
         raise UserError(f"the dataset has no '{split}' split; add '{split}: images/{split}' to its YAML")
-    files: list[Path] = []
-    for entry in entries if isinstance(entries, list) else [entries]:
-        entry = Path(entry)
-        if entry.is_dir():
-            files += [p for p in entry.rglob("*") if p.suffix[1:].lower() in IMG_FORMATS]
-        elif entry.is_file():
-            files += [(entry.parent / line.strip()).resolve() for line in entry.read_text().splitlines() if line.strip()]
-    if not files:
-        raise UserError(f"the dataset's '{split}' split ({entries}) holds no images; point it at a folder of images")
-    return sorted(files)
+    return list_images([Path(e) for e in (entries if isinstance(entries, list) else [entries])],
+                       f"the dataset's '{split}' split")
 
 
 def dataset_fingerprint(info: dict[str, Any]) -> str:

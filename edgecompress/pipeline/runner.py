@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edgecompress.bench import BENCH_IMAGES
 from edgecompress.errors import NotAvailableYet, UserError
 from edgecompress.pipeline import report as report_mod
 from edgecompress.pipeline import dataset, yolo
@@ -29,7 +30,6 @@ from edgecompress.targets.runtimes import RUNTIMES, convert_onnx
 
 MARKER = ".edgecompress-run.json"
 LOCK = ".edgecompress.lock"
-BENCH_IMAGES = 16  # end-to-end latency cycles through this many images of the eval split
 
 Log = Callable[[str], None]
 
