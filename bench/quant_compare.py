@@ -71,7 +71,8 @@ def run(name: str, out: Path) -> dict:
     def map_of(artifact: Path) -> float:
         return evaluate(artifact, data, 640, "val", 0.001, 0.7, "cpu", folder / "val")["map50_95"]
 
-    rows: dict[str, dict] = {}
+    saved = folder / "results.json"  # rows measured by an earlier, interrupted run are kept, not re-measured
+    rows: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
 
     def record(key: str, runtime: str, artifact: Path, extra: dict | None = None) -> None:
         rows[key] = {"runtime": runtime, "artifact": str(artifact), "map50_95": map_of(artifact),
@@ -79,18 +80,23 @@ def run(name: str, out: Path) -> dict:
         print(name, key, rows[key], flush=True)
         (folder / "results.json").write_text(json.dumps(rows, indent=1))
 
-    record("ort_fp32", "onnxruntime", onnx_fp32)
-    ov_fp32 = folder / f"{name}_openvino_model"
-    convert_onnx("openvino", onnx_fp32, ov_fp32, metadata)
-    record("ov_fp32", "openvino", ov_fp32)
-    for key, path in ultralytics_exports(SHARED / "models" / f"{name}.pt", data, folder).items():
-        record(key, "onnxruntime" if key == "ul_onnx_int8" else "openvino", path)
+    if "ort_fp32" not in rows:
+        record("ort_fp32", "onnxruntime", onnx_fp32)
+    if "ov_fp32" not in rows:
+        ov_fp32 = folder / f"{name}_openvino_model"
+        convert_onnx("openvino", onnx_fp32, ov_fp32, metadata)
+        record("ov_fp32", "openvino", ov_fp32)
+    if not {"ul_ov_fp32", "ul_ov_int8", "ul_onnx_int8"} <= set(rows):
+        for key, path in ultralytics_exports(SHARED / "models" / f"{name}.pt", data, folder).items():
+            record(key, "onnxruntime" if key == "ul_onnx_int8" else "openvino", path)
     for key, target, config in (
         ("ours_onnx", "onnx", QuantConfig("ptq")),
         ("ours_x86_nncf", "x86", QuantConfig("ptq", openvino_quantizer="nncf")),
         ("ours_x86_qdq", "x86", QuantConfig("ptq", openvino_quantizer="qdq")),
         ("ours_jetson_proxy", "jetson", QuantConfig("ptq")),
     ):
+        if key in rows:
+            continue
         t = TARGETS[target] if target in TARGETS else TARGETS["jetson-orin-nano"]
         artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of)
         runtime = "onnxruntime" if t.runtime == "tensorrt" else t.runtime  # jetson: accuracy proxy on the CPU

@@ -125,7 +125,8 @@ def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, im
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     images = select_images(data, config.calibration_images, config.seed)
-    ranges = _cached_ranges(onnx_fp32, images, imgsz, config, scheme, workdir)
+    # NNCF estimates its own ranges; ours are needed only for QDQ models and the fallback's ranking
+    ranges = None if use_nncf else _cached_ranges(onnx_fp32, images, imgsz, config, scheme, workdir)
     timings["calibrate_s"] = round(time.perf_counter() - clock, 1)
     decode = head_decode_nodes(onnx.load(str(onnx_fp32), load_external_data=False))
 
@@ -144,14 +145,15 @@ def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, im
 
     def ranking() -> list[tuple[str, float]]:
         clock = time.perf_counter()
-        sqnr = tensor_sqnr(onnx_fp32, ranges, batches(images[:SENSITIVITY_IMAGES], imgsz))
+        used = ranges or _cached_ranges(onnx_fp32, images, imgsz, config, scheme, workdir)
+        sqnr = tensor_sqnr(onnx_fp32, used, batches(images[:SENSITIVITY_IMAGES], imgsz))
         candidates = [n.name for n in onnx.load(str(onnx_fp32), load_external_data=False).graph.node
                       if n.name not in set(decode) and n.op_type not in ("Constant", "Shape")]
         timings["sensitivity_s"] = round(time.perf_counter() - clock, 1)
         return rank_nodes(onnx_fp32, sqnr, candidates)
 
     clock = time.perf_counter()
-    baseline = evaluate(_fp32_artifact(onnx_fp32, target, workdir))
+    baseline = evaluate(_fp32_artifact(onnx_fp32, target.runtime, workdir))
     artifact, fallback = accuracy_aware(build, evaluate, ranking, baseline, config.max_map_drop,
                                         config.max_float_layers)
     timings["quantize_and_evaluate_s"] = round(time.perf_counter() - clock, 1)
@@ -272,9 +274,9 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
     return dest
 
 
-def _fp32_artifact(onnx_fp32: Path, target: Target, workdir: Path) -> Path:
+def _fp32_artifact(onnx_fp32: Path, runtime: str, workdir: Path) -> Path:
     """The FP32 model in the target's runtime, the baseline the INT8 model is held to."""
-    if target.runtime != "openvino":
+    if runtime != "openvino":
         return onnx_fp32
     from edgecompress.targets.runtimes import convert_onnx
 
@@ -298,7 +300,7 @@ def _nncf_openvino(onnx_fp32: Path, images: Sequence[Path], imgsz: int, keep_flo
     import nncf
     import openvino as ov
 
-    fp32_dir = _fp32_artifact(onnx_fp32, Target("x86", "openvino", ""), workdir)
+    fp32_dir = _fp32_artifact(onnx_fp32, "openvino", workdir)
     model = ov.Core().read_model(str(fp32_dir / f"{onnx_fp32.stem}.xml"))
     # OpenVINO keeps ONNX node names; a Conv becomes '<name>/WithoutBiases' plus its bias Add '<name>'. The pattern
     # is the head's decode: everything in the head scope outside its cv2/cv3 conv branches (see calibration.graph).
