@@ -41,7 +41,7 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     for key, value in data.items():
         if key not in fields:
             raise ConfigError(
-                f"{where}: unknown key '{key}'{suggest(str(key), fields)}; valid keys are {', '.join(fields)}"
+                f"{where}: unknown key {key!r}{suggest(str(key), fields)}; valid keys are {', '.join(fields)}"
             )
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
     return cls(**kwargs)
