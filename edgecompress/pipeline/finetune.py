@@ -35,7 +35,7 @@ class FinetuneConfig:
     """`epochs`: fine-tuning epochs after pruning (0 = none); the rest are Ultralytics' trainer settings."""
 
     epochs: int = 0
-    optimizer: Literal["AdamW", "Adam", "SGD"] = "AdamW"
+    optimizer: Literal["AdamW", "Adam", "SGD", "auto"] = "AdamW"  # auto: Ultralytics picks by run length
     lr0: float = 0.001
     lrf: float = 0.1  # final lr = lr0 * lrf (linear decay)
     warmup_epochs: float = 0.0  # Ultralytics' warm-up raises the bias lr to 0.1: fatal to a trained model

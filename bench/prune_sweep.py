@@ -1,0 +1,189 @@
+"""Pruning sweep: Torch-Pruning's example recipe vs edgecompress, equal fine-tuning budget (BENCHMARKS.md, Pruning).
+
+Each point prunes a checkpoint to a FLOPs reduction, fine-tunes it, and records mAP (PyTorch, val split, batch 1,
+as the pipeline's evaluate stage), GFLOPs and parameters; a last phase exports every finished model and the
+unpruned baselines to OpenVINO FP32 and times them side by side. Finished points are kept in --out and skipped
+on a rerun, so the sweep can be stopped and resumed.
+
+    nohup nice -n 10 .venv/bin/python bench/prune_sweep.py > bench/results/prune_sweep.log 2>&1 &
+    .venv/bin/python bench/prune_sweep.py --finetune-check     # 1 epoch on the unpruned model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import edgecompress.pipeline.yolo as yolo  # noqa: E402  (first: stops Ultralytics writing into the dataset)
+from edgecompress.pipeline.finetune import FinetuneConfig, evaluate_model, finetune  # noqa: E402
+from edgecompress.pipeline.prune import PruneConfig, prune  # noqa: E402
+
+MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd" / "data.yaml"
+# Torch-Pruning's YOLOv8 example ported to Ultralytics 8.4: uniform L2 magnitude, Detect outputs kept, then
+# Ultralytics' default training hyperparameters (optimizer auto, 3 warm-up epochs, lr0 0.01, lrf 0.01, mosaic
+# closed for the last 10 epochs).
+PEER_FINETUNE = dict(optimizer="auto", lr0=0.01, lrf=0.01, warmup_epochs=3.0, mosaic=1.0, close_mosaic=10)
+RECIPES = {
+    "tp-example": (dict(criterion="l2", allocation="uniform"), PEER_FINETUNE, False),
+    "edgecompress": (dict(criterion="l2", allocation="uniform"), {}, False),
+    "edgecompress-distill": (dict(criterion="l2", allocation="uniform"), dict(distill=1.0), True),
+}
+DEFAULT_POINTS = "yolov8n-bccd:0.35,yolov8n-bccd:0.50,yolov8n-bccd:0.20,yolo11n-bccd:0.35"
+
+
+def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out: Path) -> dict:
+    folder = out / f"{name}-{int(round(flops * 100))}-{recipe}"
+    result_file = folder / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    prune_kw, ft_kw, uses_teacher = RECIPES[recipe]
+    base = yolo.load_model(MODELS / f"{name}.pt")
+    t0 = time.time()
+    pruned, info = prune(base, PruneConfig(flops=flops, **prune_kw), str(DATA), imgsz, "cpu", folder / "prune")
+    before_ft = evaluate_model(pruned, str(DATA), imgsz, "cpu", folder / "eval_pruned")
+    tuned, ft = finetune(pruned, FinetuneConfig(epochs=epochs, **ft_kw), str(DATA), imgsz, "cpu",
+                         folder / "finetune", teacher=base if uses_teacher else None)
+    after = evaluate_model(tuned, str(DATA), imgsz, "cpu", folder / "eval")
+    yolo.save_checkpoint(tuned, folder / "model.pt")
+    result = {"model": name, "flops_target": flops, "recipe": recipe, "epochs": epochs, "imgsz": imgsz,
+              "gflops": info["after"]["gflops"], "parameters": info["after"]["parameters"],
+              "flops_removed": info["flops_removed"], "map50_95_pruned": before_ft["map50_95"],
+              "map50": after["map50"], "map50_95": after["map50_95"], "finetune": ft,
+              "seconds": round(time.time() - t0), "checkpoint": str(folder / "model.pt")}
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def baseline(name: str, imgsz: int, out: Path) -> dict:
+    result_file = out / f"{name}-baseline.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    model = yolo.load_model(MODELS / f"{name}.pt")
+    metrics = evaluate_model(model, str(DATA), imgsz, "cpu", out / f"{name}-baseline")
+    d = yolo.describe(model, imgsz)
+    result = {"model": name, "recipe": "unpruned", "gflops": d["gflops"], "parameters": d["parameters"],
+              "map50": metrics["map50"], "map50_95": metrics["map50_95"], "checkpoint": str(MODELS / f"{name}.pt")}
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def finetune_check(imgsz: int, out: Path, settings: dict, epochs: int = 1) -> dict:
+    """Fine-tuning the unpruned model must not cost accuracy (issue 4: at most 0.3 mAP50-95 points)."""
+    tag = "-".join(f"{k}{v}" for k, v in settings.items()) or "defaults"
+    folder = out / f"ftcheck-{imgsz}-{tag}"
+    model = yolo.load_model(MODELS / "yolov8n-bccd.pt")
+    before = evaluate_model(model, str(DATA), imgsz, "cpu", folder / "before")
+    tuned, ft = finetune(model, FinetuneConfig(epochs=epochs, **settings), str(DATA), imgsz, "cpu", folder)
+    after = evaluate_model(tuned, str(DATA), imgsz, "cpu", folder / "after")
+    result = {"epochs": epochs, "imgsz": imgsz, "settings": settings, "before": before["map50_95"],
+              "after": after["map50_95"], "lost_points": round(100 * (before["map50_95"] - after["map50_95"]), 2),
+              "finetune": ft}
+    (folder / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def measure_latency(results: list[dict], imgsz: int, out: Path, rounds: int = 3) -> None:
+    """OpenVINO FP32 p50 of every model, in interleaved rounds (so load from other work hits all alike)."""
+    from edgecompress.bench import BenchConfig, measure
+    from edgecompress.targets.runtimes import convert_onnx
+
+    artifacts = {}
+    for r in results:
+        folder = out / "latency" / Path(r["checkpoint"]).parent.name / Path(r["checkpoint"]).stem
+        xml_dir = folder / "openvino"
+        if not xml_dir.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            onnx_path, meta = yolo.export_onnx(yolo.load_model(r["checkpoint"]), imgsz, folder, "model")
+            convert_onnx("openvino", onnx_path, xml_dir, meta)
+        artifacts[id(r)] = xml_dir
+    config = BenchConfig(warmup=10, runs=50, max_seconds=20.0)
+    for r in results:
+        r["openvino_fp32_ms"] = []
+    for _ in range(rounds):
+        for r in results:
+            r["openvino_fp32_ms"].append(measure(artifacts[id(r)], "openvino", imgsz, config, [])["inference"]["p50_ms"])
+    for r in results:
+        r["openvino_fp32_ms"] = round(min(r["openvino_fp32_ms"]), 2)
+
+
+def report(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bases = {r["model"]: r for r in results if r["recipe"] == "unpruned"}
+    lines = ["| model | recipe | FLOPs target | GFLOPs | params | mAP50-95 pruned (no FT) | mAP50 | mAP50-95 | "
+             "points lost | OpenVINO FP32 p50 ms | latency cut / FLOPs cut |", "|" + "---|" * 11]
+    for r in sorted(results, key=lambda r: (r["model"], r.get("flops_target", 0), r["recipe"])):
+        b = bases[r["model"]]
+        lat = r.get("openvino_fp32_ms")
+        flops_cut = 1 - r["gflops"] / b["gflops"]
+        lat_ratio = f"{(1 - lat / b['openvino_fp32_ms']) / flops_cut:.2f}" if lat and flops_cut > 0 else ""
+        lines.append(f"| {r['model']} | {r['recipe']} | {r.get('flops_target', 0):.2f} | {r['gflops']:.2f} | "
+                     f"{r['parameters'] / 1e6:.2f}M | {r.get('map50_95_pruned', '')} | {r['map50']:.3f} | "
+                     f"{r['map50_95']:.3f} | {100 * (b['map50_95'] - r['map50_95']):.1f} | {lat or ''} | {lat_ratio} |")
+    host = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    (out / "summary.md").write_text("\n".join(lines) + f"\n\nmachine: {host}\n")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "gflops", "GFLOPs (640)"), (axes[1], "openvino_fp32_ms", "OpenVINO FP32 p50 ms")):
+        for (model, recipe) in sorted({(r["model"], r["recipe"]) for r in results}):
+            pts = sorted((r[key], r["map50_95"]) for r in results
+                         if r["model"] == model and r["recipe"] in (recipe, "unpruned") and r.get(key))
+            ax.plot(*zip(*pts), marker="o", label=f"{model} {recipe}") if pts else None
+        ax.set_xlabel(label)
+        ax.set_ylabel("mAP50-95 (val)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=120)
+
+
+def _number(text: str) -> float | int | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", default=DEFAULT_POINTS, help="name:flops,... (checkpoints in shared/models)")
+    parser.add_argument("--recipes", default="tp-example,edgecompress")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/prune_sweep"))
+    parser.add_argument("--finetune-check", action="store_true", help="only: 1 epoch on the unpruned model")
+    parser.add_argument("--ft", default="", help="FinetuneConfig settings for --finetune-check: key=value,...")
+    parser.add_argument("--no-latency", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.finetune_check:
+        settings = {k: _number(v) for k, v in (kv.split("=") for kv in args.ft.split(",") if kv)}
+        result = finetune_check(args.imgsz, args.out, settings)
+        print(json.dumps({k: v for k, v in result.items() if k != "finetune"}), flush=True)
+        return
+    points = [(p.split(":")[0], float(p.split(":")[1])) for p in args.points.split(",")]
+    results = [baseline(n, args.imgsz, args.out) for n in dict.fromkeys(n for n, _ in points)]
+    for name, flops in points:
+        for recipe in args.recipes.split(","):
+            r = run_point(name, flops, recipe, args.epochs, args.imgsz, args.out)
+            print(json.dumps({k: v for k, v in r.items() if k != "finetune"}), flush=True)
+            results.append(r)
+    if not args.no_latency:
+        measure_latency(results, args.imgsz, args.out)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    report(results, args.out)
+
+
+if __name__ == "__main__":
+    main()

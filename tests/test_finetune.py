@@ -1,0 +1,90 @@
+"""Fine-tuning keeps the pruned architecture; a pruned, fine-tuned checkpoint survives save and load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+import edgecompress.pipeline.yolo as yolo  # first: Ultralytics must not write caches into the dataset
+from edgecompress.pipeline.config import ConfigError
+from edgecompress.pipeline.finetune import FinetuneConfig, finetune
+from edgecompress.pipeline.prune import PruneConfig, prune
+
+IMGSZ = 96
+QUICK = FinetuneConfig(epochs=1, batch=8, workers=0)
+
+
+def widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.fixture(scope="module")
+def pruned_and_tuned(demo, tmp_path_factory):
+    """The demo checkpoint pruned by a quarter of its FLOPs, then fine-tuned one epoch."""
+    work = tmp_path_factory.mktemp("ft")
+    base = yolo.load_model(demo[0])
+    pruned, _ = prune(base, PruneConfig(flops=0.25), str(demo[1]), IMGSZ, "cpu", work / "prune")
+    tuned, info = finetune(pruned, QUICK, str(demo[1]), IMGSZ, "cpu", work / "finetune", teacher=base)
+    return base, pruned, tuned, info, work
+
+
+def test_no_grow_back_after_a_fine_tune_epoch(pruned_and_tuned):
+    base, pruned, tuned, info, work = pruned_and_tuned
+    assert widths(tuned) == widths(pruned) != widths(base)
+    assert info["epochs_log"] and (work / "finetune" / "train" / "weights" / "best.pt").exists()
+    assert not Path("runs").exists() or not any(Path("runs").rglob("start.pt"))  # trainer output stays in workdir
+
+
+def test_checkpoint_round_trip_in_a_fresh_process(pruned_and_tuned, demo, tmp_path):
+    _, _, tuned, _, _ = pruned_and_tuned
+    path = yolo.save_checkpoint(tuned, tmp_path / "pruned.pt")
+    image = next((demo[1].parent / "images" / "val").iterdir())
+    script = f"""
+import json, os
+os.environ["YOLO_OFFLINE"] = "1"
+import edgecompress.pipeline.yolo  # keeps Ultralytics from writing label caches into the demo dataset
+from torch import nn
+from ultralytics import YOLO
+model = YOLO({str(path)!r})
+boxes = model.predict({str(image)!r}, imgsz={IMGSZ}, verbose=False)[0].boxes
+metrics = model.val(data={str(demo[1])!r}, imgsz={IMGSZ}, batch=4, plots=False, verbose=False,
+                    project={str(tmp_path)!r}, name="val")
+print(json.dumps({{"widths": [m.out_channels for m in model.model.modules() if isinstance(m, nn.Conv2d)],
+                  "boxes": boxes.data.shape[-1], "map": metrics.box.map}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["widths"] == widths(tuned) and loaded["boxes"] == 6 and 0 <= loaded["map"] <= 1
+
+
+def test_pruned_model_exports_and_evaluates_with_the_pipeline(pruned_and_tuned, demo, tmp_path):
+    _, _, tuned, _, _ = pruned_and_tuned
+    loaded = yolo.load_model(yolo.save_checkpoint(tuned, tmp_path / "pruned.pt"))
+    onnx_path, _ = yolo.export_onnx(loaded, IMGSZ, tmp_path, "pruned")
+    metrics = yolo.evaluate(onnx_path, demo[1], IMGSZ, "val", 0.001, 0.7, "cpu", tmp_path)
+    assert onnx_path.exists() and metrics["images"] == 12
+
+
+def test_distillation_and_group_sparse_training_run(demo, tmp_path):
+    base = yolo.load_model(demo[0])
+    pruned, info = prune(base, PruneConfig(ratio=0.2, criterion="group_norm", sparse_epochs=1), str(demo[1]),
+                         IMGSZ, "cpu", tmp_path / "prune")
+    assert info["sparse_training"]["epochs_log"]
+    tuned, _ = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0, distill=1.0), str(demo[1]), IMGSZ,
+                        "cpu", tmp_path / "ft", teacher=base)
+    assert widths(tuned) == widths(pruned)
+    assert all(type(m).__module__.startswith(("torch.nn.", "ultralytics.nn.")) for m in tuned.modules())
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ConfigError, match="-1"):
+        FinetuneConfig(epochs=-1)
+    with pytest.raises(ConfigError, match="lr0"):
+        FinetuneConfig(lr0=2.0)

@@ -1,0 +1,132 @@
+"""Structured pruning on real Ultralytics architectures: YOLOv8 (C2f), YOLO11 (C3k2, C2PSA), YOLO26 (end-to-end)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import edgecompress.pipeline.yolo as yolo  # first: Ultralytics must not write caches into the dataset
+from edgecompress.pipeline.config import ConfigError, from_dict
+from edgecompress.pipeline.prune import PruneConfig, prune, remove_blocks
+from edgecompress.pipeline.yolo_blocks import fold_blocks, split_blocks
+from ultralytics.nn.tasks import DetectionModel
+
+IMGSZ = 128
+STOCK = ("torch.nn.", "ultralytics.nn.")
+
+
+def build(arch: str, demo: tuple[Path, Path]) -> DetectionModel:
+    if arch == "yolov8n-demo":  # a trained checkpoint, loaded as the runner loads it (grads off)
+        return yolo.load_model(demo[0])
+    return DetectionModel(f"{arch}.yaml", nc=1, verbose=False).eval()  # random weights: shapes are what matter
+
+
+def outputs(model: DetectionModel, train: bool) -> list[torch.Size]:
+    """Shapes of the head's predictions (boxes, scores; decoded in eval mode)."""
+    model.train(train)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, IMGSZ, IMGSZ))
+    model.eval()
+    flat, todo = [], [out]
+    while todo:
+        item = todo.pop(0)
+        if isinstance(item, torch.Tensor):
+            flat.append(item.shape)
+        elif isinstance(item, dict):  # "feats" are the neck's feature maps: pruning may narrow them
+            todo.extend(v for k, v in item.items() if k != "feats")
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return flat
+
+
+def widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("arch", ["yolov8n-demo", "yolo11n", "yolo26n"])
+def test_each_architecture_prunes_and_keeps_its_output_shapes(arch, demo, tmp_path):
+    model = build(arch, demo)
+    eval_shapes, train_shapes = outputs(model, False), outputs(model, True)
+    pruned, info = prune(model, PruneConfig(ratio=0.3, round_to=8), str(demo[1]), IMGSZ, "cpu", tmp_path)
+
+    assert info["after"]["gflops"] < 0.75 * info["before"]["gflops"]
+    assert info["after"]["parameters"] < info["before"]["parameters"]
+    assert outputs(pruned, False) == eval_shapes and outputs(pruned, True) == train_shapes
+    # only stock classes are left, so plain Ultralytics can load a saved checkpoint
+    assert all(type(m).__module__.startswith(STOCK) for m in pruned.modules())
+    changed = [a for a, b in zip(widths(pruned), widths(model)) if a != b]
+    assert changed and all(c % 8 == 0 for c in changed)
+    reasons = {s["reason"].split(":")[0] for s in info["steps"][0]["skipped"]}
+    assert "Detect output conv" in reasons
+    if arch != "yolov8n-demo":
+        assert "attention" in reasons  # C2PSA / C3k2-attention heads are left alone and named
+
+
+def test_input_model_is_untouched(demo, tmp_path):
+    model = build("yolov8n-demo", demo)
+    before = copy.deepcopy(model.state_dict())
+    prune(model, PruneConfig(ratio=0.2), str(demo[1]), IMGSZ, "cpu", tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("target", [0.4])
+def test_flops_target_is_reached_within_3_percent(target, demo, tmp_path):
+    model = build("yolov8n-demo", demo)
+    _, info = prune(model, PruneConfig(flops=target), str(demo[1]), 160, "cpu", tmp_path)
+    assert abs(info["flops_removed"] - target) <= 0.03
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn_scale", "taylor", "activation", "random"])
+def test_every_criterion_prunes(criterion, demo, tmp_path):
+    model = build("yolov8n-demo", demo)
+    pruned, info = prune(model, PruneConfig(ratio=0.25, criterion=criterion, batches=1), str(demo[1]), 96, "cpu",
+                         tmp_path)
+    assert info["after"]["parameters"] < 0.8 * info["before"]["parameters"]
+    assert outputs(pruned, False) == outputs(build("yolov8n-demo", demo), False)
+
+
+def test_global_allocation_prunes_groups_unevenly(demo, tmp_path):
+    model = build("yolov8n-demo", demo)
+    _, info = prune(model, PruneConfig(flops=0.3, allocation="global"), str(demo[1]), 96, "cpu", tmp_path)
+    kept = [after / before for before, after in info["steps"][0]["groups"].values()]
+    assert max(kept) - min(kept) > 0.2
+
+
+def test_split_blocks_compute_the_same_function_and_fold_back():
+    model = DetectionModel("yolo11n.yaml", nc=1, verbose=False).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)[0]
+        assert split_blocks(model) > 0
+        split = model(x)[0]
+        fold_blocks(model)
+        folded = model(x)[0]
+    assert torch.allclose(ref, split, atol=1e-4) and torch.allclose(ref, folded, atol=1e-4)
+
+
+def test_depth_pruning_drops_blocks_and_runs(demo):
+    model = build("yolov8n-demo", demo)
+    blocks = sum(len(m.m) for m in model.modules() if hasattr(m, "m") and isinstance(m.m, nn.ModuleList))
+    removed = remove_blocks(model, 2)
+    assert len(removed) == 2
+    assert sum(len(m.m) for m in model.modules() if hasattr(m, "m") and isinstance(m.m, nn.ModuleList)) == blocks - 2
+    assert outputs(model, False) == outputs(build("yolov8n-demo", demo), False)
+
+
+def test_config_errors_name_the_value_and_the_fix(demo, tmp_path):
+    with pytest.raises(ConfigError, match="1.5"):
+        PruneConfig(flops=1.5)
+    with pytest.raises(ConfigError, match="give one amount"):
+        PruneConfig(flops=0.3, ratio=0.2)
+    with pytest.raises(ConfigError, match="did you mean 'taylor'"):
+        from_dict(PruneConfig, {"criterion": "tayler"}, "prune")
+    with pytest.raises(ConfigError, match="sparse_epochs"):
+        PruneConfig(ratio=0.2, sparse_epochs=2)
+    with pytest.raises(ConfigError, match="matches no conv layer"):
+        prune(build("yolov8n-demo", demo), PruneConfig(ratio=0.2, ignore=("model.99.*",)), str(demo[1]), 96, "cpu",
+              tmp_path)
+    assert not PruneConfig().enabled and PruneConfig(flops=0.35).enabled and PruneConfig(depth=1).enabled
