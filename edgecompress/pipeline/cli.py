@@ -49,9 +49,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", metavar="FLOPS_FRACTION", type=float,
                    help="fraction of FLOPs to remove by structured pruning, e.g. 0.35 (default 0: none)")
     p.add_argument("--quant", choices=("none", "ptq", "qat"),
-                   help="INT8 quantization: none (FP32), ptq (post-training) or qat (quantization-aware training)")
+                   help="INT8 quantization: ptq (post-training, the default), qat (quantization-aware training) or none "
+                        "(FP32)")
     p.add_argument("--max-map-drop", metavar="PTS", type=float,
-                   help="gate: fail (exit 1) if the final artifact loses more mAP50-95 points than this")
+                   help="mAP50-95 points the final artifact may lose: the INT8 fallback keeps layers in float to stay "
+                        "within it (default 1.0), and the run fails (exit 1) if it still loses more")
     p.add_argument("--max-latency-ms", metavar="MS", type=float,
                    help="gate: fail (exit 1) if the final artifact's p50 inference latency exceeds this")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -69,7 +71,9 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
     flags = {"model": args.model, "data": args.data, "target": args.target, "imgsz": args.imgsz,
              "device": args.device, "prune.flops": args.prune, "quant.mode": args.quant,
-             "gates.max_map_drop": args.max_map_drop, "gates.max_latency_ms": args.max_latency_ms}
+             "gates.max_map_drop": args.max_map_drop, "gates.max_latency_ms": args.max_latency_ms,
+             # one budget on the command line: the INT8 fallback keeps layers in float to stay within it
+             "quant.max_map_drop": args.max_map_drop}
     given = {k: v for k, v in flags.items() if v is not None}
     for key in ("model", "data"):
         if key in given:

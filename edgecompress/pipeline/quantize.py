@@ -59,7 +59,7 @@ class QuantConfig:
     symmetric int8, per output channel unless `per_channel` is false.
     """
 
-    mode: QuantMode = "none"
+    mode: QuantMode = "ptq"  # INT8 where the target runs it (every target here); none keeps FP32
     method: Method = "minmax"  # activation range estimation: minmax, percentile, entropy (KL) or mse
     percentile: float = 99.999  # for method percentile: the share of values kept inside the range
     activations: Literal["target", "symmetric", "asymmetric"] = "target"

@@ -33,7 +33,7 @@ SCHEMA = "edgecompress.report/1"
 
 
 def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str, data: dict[str, Any],
-          described: dict[str, Any], stages: list[dict[str, Any]], final: Path) -> dict[str, Any]:
+          described: dict[str, Any], stages: list[dict[str, Any]], final: Path, notes: list[str]) -> dict[str, Any]:
     """Assemble the report and judge the gates against the final stage."""
     baseline, last = stages[0], stages[-1]
     drop = round((baseline["accuracy"]["map50_95"] - last["accuracy"]["map50_95"]) * 100, 3)
@@ -59,6 +59,7 @@ def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str,
         "final": {"stage": last["name"], "artifact": final.name},
         "gates": gates,
         "passed": all(g["passed"] for g in gates),
+        "notes": notes,
     }
 
 
@@ -93,6 +94,26 @@ def plot(stages: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def stage_details(stage: dict[str, Any]) -> list[str]:
+    """Bullet lines on what a compressing stage did, from the info it recorded."""
+    info, name = stage["info"], stage["name"]
+    if "flops_removed" in info:
+        return [f"- **{name}**: {info['flops_removed'] * 100:.1f}% of the FLOPs removed "
+                f"({info['before']['gflops']:.2f} -> {info['after']['gflops']:.2f} GFLOPs)"
+                + (f"; {info['stopped_early']}" if info.get("stopped_early") else "")]
+    if "epochs_log" in info:
+        return [f"- **{name}**: {info['config']['epochs']} epochs in {info['seconds']:.0f} s"]
+    if info.get("mode") == "ptq":
+        floats = ", ".join(f"`{layer['node']}`" for layer in info["float_layers"]) or "none"
+        return [f"- **{name}**: {info['quantizer']} PTQ, {info['method']} ranges from {info['calibration_images']} "
+                f"images, activations {info['scheme']['activations']}, weights {info['scheme']['weights']}; "
+                f"{info['drop_points']:+.2f} points against FP32 in this runtime (budget {info['budget_points']}); "
+                f"head decode in float; layers kept in float by the fallback: {floats}"]
+    if "trtexec" in info:
+        return [f"- **{name}**: TensorRT engine `{info['engine']}`, trtexec command in `{info['trtexec']}`"]
+    return []
+
+
 def markdown(report: dict[str, Any], plot_name: str) -> str:
     model, target, host = report["model"], report["target"], report["host"]
     base = report["stages"][0]["accuracy"]["map50_95"]
@@ -119,6 +140,11 @@ def markdown(report: dict[str, Any], plot_name: str) -> str:
             f"| {e2e['p50_ms']:.1f} | {b['memory']['peak_rss_mb']:.0f} |"
         )
     lines += ["", f"![accuracy against latency]({plot_name})", ""]
+    details = [line for s in report["stages"] for line in stage_details(s)]
+    if details:
+        lines += ["## Stages", "", *details, ""]
+    if report["notes"]:
+        lines += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]
     if report["gates"]:
         lines += ["## Gates", "", "| gate | limit | value | result |", "|---|---|---|---|"]
         lines += [f"| {g['gate']} | {g['limit']} | {g['value']} | {'pass' if g['passed'] else 'FAIL'} |"

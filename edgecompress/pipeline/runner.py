@@ -13,10 +13,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from edgecompress.bench import BENCH_IMAGES
 from edgecompress.errors import NotAvailableYet, UserError
@@ -24,6 +26,9 @@ from edgecompress.pipeline import report as report_mod
 from edgecompress.pipeline import dataset, yolo
 from edgecompress.pipeline.cache import DONE, Cache, Entry, file_digest, write_atomic
 from edgecompress.pipeline.config import to_dict
+from edgecompress.pipeline.finetune import finetune
+from edgecompress.pipeline.prune import prune
+from edgecompress.pipeline.quantize import quantize
 from edgecompress.pipeline.recipe import Recipe
 from edgecompress.targets import Target, get_target
 from edgecompress.targets.runtimes import RUNTIMES, convert_onnx
@@ -42,13 +47,15 @@ def demo_paths() -> tuple[Path, Path]:
 
 @dataclass(frozen=True)
 class Artifact:
-    """One stage's model file and how to run it."""
+    """One stage's model file, how to run it, and the key that names its content."""
 
     stage: str
-    entry: Entry | None  # None for the user's own checkpoint, which is read in place
     path: Path
     runtime: str
     precision: str
+    key: str
+    size: dict[str, Any]  # parameters and GFLOPs of the network it holds
+    info: dict[str, Any] = field(default_factory=dict)  # what the stage that made it reports
 
 
 class OutputFolder:
@@ -110,13 +117,14 @@ class Runner:
         self.trust = trust_checkpoint
         self.manifest: list[dict[str, Any]] = []
         self.target: Target = get_target(recipe.target)
-        RUNTIMES[self.target.runtime].check()
-        if recipe.prune.enabled or recipe.finetune.epochs:
-            raise NotAvailableYet("pruning and fine-tuning are not available yet in this release; "
-                                  "drop --prune / the recipe's prune and finetune sections")
-        if recipe.quant.enabled:
-            raise NotAvailableYet(f"--quant {recipe.quant.mode} is not available yet in this release; "
-                                  f"use --quant none (FP32)")
+        if self.target.runtime == "tensorrt":
+            if not recipe.quant.enabled:
+                raise UserError(f"target '{self.target.name}' engines are built from the INT8 QDQ ONNX; "
+                                f"use --quant ptq (FP16-only engines are not available yet)")
+        else:  # a Jetson bundle is prepared anywhere; its engine is built where TensorRT runs
+            RUNTIMES[self.target.runtime].check()
+        if recipe.quant.mode == "qat":
+            raise NotAvailableYet("--quant qat is not available yet in this release; use --quant ptq")
 
     def run(self) -> dict[str, Any]:
         """Run every stage (reusing finished ones), write the report, and return it."""
@@ -137,30 +145,77 @@ class Runner:
             folder.release()
 
     def _run(self, checkpoint: Path, model: Any, data: dict[str, Any]) -> dict[str, Any]:
-        recipe = self.recipe
+        recipe, target = self.recipe, self.target
         self.data = data
         self.data_key = dataset.dataset_fingerprint(data)
-        baseline = Artifact("baseline", None, checkpoint, "torch", "fp32")
-        baseline_key = file_digest(checkpoint)
-        described = self._step("describe", {"model": baseline_key, "imgsz": recipe.imgsz},
+        key = file_digest(checkpoint)
+        described = self._step("describe", {"model": key, "imgsz": recipe.imgsz},
                                lambda _: yolo.describe(model, recipe.imgsz))
-        chain: list[tuple[Artifact, str]] = [(baseline, baseline_key)]
-        exported = self._step("export", {"parent": baseline_key, "imgsz": recipe.imgsz},
-                              lambda folder: self._export(model, folder))
-        onnx = Artifact("onnx-fp32", exported, exported.folder / exported.info["artifact"], "onnxruntime", "fp32")
-        chain.append((onnx, exported.key))
-        if self.target.runtime != "onnxruntime":
-            converted = self._step(f"{self.target.runtime}-fp32", {"parent": exported.key,
-                                                                  "runtime": self.target.runtime},
-                                   lambda folder: self._convert(onnx.path, exported.folder, folder))
-            path = converted.folder / converted.info["artifact"]
-            chain.append((Artifact(f"{self.target.runtime}-fp32", converted, path, self.target.runtime, "fp32"),
-                          converted.key))
-        stages = [self._measure(artifact, key, described.info) for artifact, key in chain]
-        final = self._publish(chain[-1][0], checkpoint.stem)
-        result = report_mod.build(recipe, self.target, checkpoint, baseline_key, data, described.info, stages, final)
+        chain = [Artifact("baseline", checkpoint, "torch", "fp32", key, described.info)]
+        if recipe.prune.enabled:
+            chain.append(self._train_step("prune", chain[-1], to_dict(recipe.prune),
+                                          lambda m, folder: prune(m, recipe.prune, str(data["yaml_file"]),
+                                                                  recipe.imgsz, recipe.device, folder)))
+        if recipe.prune.enabled and recipe.finetune.epochs:  # fine-tuning recovers what pruning lost
+            teacher = model if recipe.finetune.distill else None
+            chain.append(self._train_step("finetune", chain[-1], to_dict(recipe.finetune),
+                                          lambda m, folder: finetune(m, recipe.finetune, str(data["yaml_file"]),
+                                                                     recipe.imgsz, recipe.device, folder, teacher)))
+        source = chain[-1]
+        exported = self._step("export", {"parent": source.key, "imgsz": recipe.imgsz},
+                              lambda folder: self._export(source, folder))
+        fp32 = self._artifact("onnx-fp32", exported, "onnxruntime", "fp32", source.size)
+        chain.append(fp32)
+        if target.runtime == "openvino":
+            converted = self._step("openvino-fp32", {"parent": exported.key},
+                                   lambda folder: self._convert(fp32.path, exported.folder, folder))
+            chain.append(self._artifact("openvino-fp32", converted, "openvino", "fp32", source.size))
+        if recipe.quant.mode == "ptq":
+            budget = recipe.quant.max_map_drop
+            quantized = self._step(f"quantize-{target.name}",
+                                   {"parent": exported.key, "quant": to_dict(recipe.quant), "target": target.name,
+                                    "data": self.data_key, "eval": to_dict(recipe.eval), "imgsz": recipe.imgsz},
+                                   lambda folder: self._quantize(fp32.path, folder))
+            # a Jetson's QDQ ONNX is measured in onnxruntime on the CPU: the accuracy proxy for its engine
+            runtime = "openvino" if target.runtime == "openvino" else "onnxruntime"
+            name = "tensorrt-qdq-int8" if target.runtime == "tensorrt" else f"{runtime}-int8"
+            chain.append(self._artifact(name, quantized, runtime, "int8", source.size))
+            self.log(f"[quantize] INT8 mAP50-95 {-quantized.info['drop_points']:+.2f} points against FP32 "
+                     f"(budget -{budget}); layers kept in float: {len(quantized.info['float_layers'])}")
+        bundle = self._jetson(chain[-1], exported.folder) if target.runtime == "tensorrt" else None
+        if bundle and bundle.info["engine"]:
+            chain.append(Artifact("tensorrt-int8", bundle.folder / bundle.info["engine"], "tensorrt", "int8",
+                                  bundle.key, source.size, bundle.info))
+        stages = [self._measure(artifact) for artifact in chain]
+        if bundle and not bundle.info["engine"]:
+            final = self._publish(bundle.folder, f"{checkpoint.stem}-{target.name}-int8-tensorrt-bundle")
+        else:
+            last = chain[-1]
+            final = self._publish(last.path, RUNTIMES[last.runtime].artifact_path(
+                self.out, f"{checkpoint.stem}-{target.name}-{last.precision}").name)
+        notes = [bundle.info["reason"]] if bundle and not bundle.info["engine"] else []
+        result = report_mod.build(recipe, target, checkpoint, key, data, described.info, stages, final, notes)
         report_mod.write(result, self.out)
         return result
+
+    def _artifact(self, stage: str, entry: Entry, runtime: str, precision: str, size: dict[str, Any]) -> Artifact:
+        return Artifact(stage, entry.folder / entry.info["artifact"], runtime, precision, entry.key, size,
+                        entry.info)
+
+    def _train_step(self, name: str, parent: Artifact, config: dict[str, Any],
+                    train: Callable[[Any, Path], tuple[Any, dict[str, Any]]]) -> Artifact:
+        """A PyTorch stage (prune, fine-tune): parent checkpoint in, checkpoint out."""
+        recipe = self.recipe
+
+        def build(folder: Path) -> dict[str, Any]:
+            model, info = train(yolo.load_model(parent.path, self.trust), folder / "work")
+            yolo.save_checkpoint(model, folder / f"{name}.pt", half=False)
+            shutil.rmtree(folder / "work", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
+            return {"artifact": f"{name}.pt", "size": yolo.describe(model, recipe.imgsz), **info}
+
+        entry = self._step(name, {"parent": parent.key, "config": config, "data": self.data_key,
+                                  "imgsz": recipe.imgsz, "device": recipe.device}, build)
+        return self._artifact(name, entry, "torch", "fp32", entry.info["size"])
 
     def _step(self, name: str, parts: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Entry:
         self.log(f"[{name}] ...")
@@ -173,9 +228,34 @@ class Runner:
         self.log(f"[{name}] {how} ({entry.folder.relative_to(self.out)})")
         return entry
 
-    def _export(self, model: Any, folder: Path) -> dict[str, Any]:
+    def _export(self, source: Artifact, folder: Path) -> dict[str, Any]:
+        model = yolo.load_model(source.path, self.trust)
         onnx_path, _ = yolo.export_onnx(model, self.recipe.imgsz, folder, "model")
         return {"artifact": onnx_path.name}
+
+    def _quantize(self, onnx_fp32: Path, folder: Path) -> dict[str, Any]:
+        e = self.recipe.eval
+
+        def evaluate(candidate: Path) -> float:
+            return yolo.evaluate(candidate, self.data["yaml_file"], self.recipe.imgsz, e.split, e.conf, e.iou,
+                                 self.recipe.device, folder / "eval")["map50_95"]
+
+        artifact, info = quantize(onnx_fp32, self.recipe.quant, self.target, str(self.data["yaml_file"]),
+                                  self.recipe.imgsz, folder, evaluate)
+        shutil.rmtree(folder / "eval", ignore_errors=True)
+        return {"artifact": artifact.name, **info}
+
+    def _jetson(self, qdq: Artifact, export_folder: Path) -> Entry:
+        """The bundle a Jetson needs (QDQ ONNX, metadata, trtexec.sh) and its engines where TensorRT runs."""
+        from edgecompress.targets.tensorrt import prepare_jetson, unusable_reason
+
+        metadata = yaml.safe_load((export_folder / "metadata.yaml").read_text())
+        entry = self._step("tensorrt", {"parent": qdq.key, "target": self.target.name,
+                                        "tensorrt_usable": unusable_reason() is None},
+                           lambda folder: prepare_jetson(qdq.path, metadata, self.target, folder))
+        if not entry.info["engine"]:
+            self.log(f"[tensorrt] {entry.info['reason']}")
+        return entry
 
     def _convert(self, onnx_path: Path, export_folder: Path, folder: Path) -> dict[str, Any]:
         runtime = RUNTIMES[self.target.runtime]
@@ -183,20 +263,21 @@ class Runner:
         convert_onnx(runtime.name, onnx_path, dest, export_folder / "metadata.yaml")
         return {"artifact": dest.name}
 
-    def _measure(self, artifact: Artifact, key: str, described: dict[str, Any]) -> dict[str, Any]:
+    def _measure(self, artifact: Artifact) -> dict[str, Any]:
         """Accuracy in the artifact's own runtime, and its latency and memory, each cached on its own."""
         recipe = self.recipe
         evaluated = self._step(f"evaluate-{artifact.stage}",
-                               {"artifact": key, "data": self.data_key, "imgsz": recipe.imgsz,
-                                "eval": to_dict(recipe.eval)},
+                               {"artifact": artifact.key, "data": self.data_key, "imgsz": recipe.imgsz,
+                                "eval": to_dict(recipe.eval), "device": recipe.device},
                                lambda folder: self._evaluate(artifact, folder))
         benched = self._step(f"bench-{artifact.stage}",
-                             {"artifact": key, "imgsz": recipe.imgsz, "bench": to_dict(recipe.bench),
+                             {"artifact": artifact.key, "imgsz": recipe.imgsz, "bench": to_dict(recipe.bench),
                               "host": _host_key()},
                              lambda folder: self._bench(artifact, folder))
         return {"name": artifact.stage, "artifact": str(artifact.path), "runtime": artifact.runtime,
-                "precision": artifact.precision, "parameters": described["parameters"],
-                "gflops": described["gflops"], "accuracy": evaluated.info, "benchmark": benched.info,
+                "precision": artifact.precision, "parameters": artifact.size["parameters"],
+                "gflops": artifact.size["gflops"], "accuracy": evaluated.info, "benchmark": benched.info,
+                "info": {k: v for k, v in artifact.info.items() if k not in ("artifact", "size")},
                 "reused": evaluated.reused and benched.reused}
 
     def _evaluate(self, artifact: Artifact, folder: Path) -> dict[str, Any]:
@@ -221,17 +302,16 @@ class Runner:
             raise RuntimeError(f"benchmark of {artifact.path} failed:\n{proc.stderr[-3000:]}")
         return json.loads((folder / "bench.json").read_text())
 
-    def _publish(self, artifact: Artifact, stem: str) -> Path:
-        """Copy the final artifact to the top of the output folder, atomically, named after the checkpoint."""
-        runtime = RUNTIMES[artifact.runtime]
-        dest = runtime.artifact_path(self.out, f"{stem}-{self.recipe.target}-{artifact.precision}")
+    def _publish(self, path: Path, name: str) -> Path:
+        """Copy the final artifact to the top of the output folder, atomically, under `name`."""
+        dest = self.out / name
         tmp = dest.with_name(f".tmp-{dest.name}")
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        if artifact.path.is_dir():
-            shutil.copytree(artifact.path, tmp)
+        if path.is_dir():
+            shutil.copytree(path, tmp)
             shutil.rmtree(dest, ignore_errors=True)
         else:
-            shutil.copyfile(artifact.path, tmp)
+            shutil.copyfile(path, tmp)
         os.replace(tmp, dest)
         return dest
 
