@@ -434,7 +434,6 @@ def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: 
     from edgecompress.pipeline.finetune import FinetuneConfig, finetune
 
     split_blocks(model)
-    protected, _ = protected_layers(model, config.ignore)
 
     def regulariser(trained: nn.Module) -> Callable[[nn.Module], None]:
         with _traceable(trained):
