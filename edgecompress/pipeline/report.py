@@ -107,7 +107,8 @@ def stage_details(stage: dict[str, Any]) -> list[str]:
         floats = ", ".join(f"`{layer['node']}`" for layer in info["float_layers"]) or "none"
         return [f"- **{name}**: {info['quantizer']} PTQ, {info['method']} ranges from {info['calibration_images']} "
                 f"images, activations {info['scheme']['activations']}, weights {info['scheme']['weights']}; "
-                f"{info['drop_points']:+.2f} points against FP32 in this runtime (budget {info['budget_points']}); "
+                f"{-info['drop_points']:+.2f} mAP50-95 points against FP32 in this runtime (budget "
+                f"-{info['budget_points']}); "
                 f"head decode in float; layers kept in float by the fallback: {floats}"]
     if "trtexec" in info:
         return [f"- **{name}**: TensorRT engine `{info['engine']}`, trtexec command in `{info['trtexec']}`"]

@@ -308,7 +308,7 @@ class Runner:
         tmp = dest.with_name(f".tmp-{dest.name}")
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         if path.is_dir():
-            shutil.copytree(path, tmp)
+            shutil.copytree(path, tmp, ignore=shutil.ignore_patterns(DONE))
             shutil.rmtree(dest, ignore_errors=True)
         else:
             shutil.copyfile(path, tmp)
