@@ -24,9 +24,7 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import edgecompress.pipeline.yolo  # noqa: E402,F401  (keeps Ultralytics from writing label caches into the dataset)
-
-ROUNDS = 3  # alternating timing rounds per artifact; the median p50 is reported
-
+from common import time_alternating  # noqa: E402
 
 def compress(model: Path, data: Path, target: str, out: Path) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
@@ -71,22 +69,6 @@ def ultralytics_val(artifact: Path, data: Path) -> dict:
     return {"map50_95": round(float(r.box.map), 4), "val_inference_ms": round(r.speed["inference"], 2)}
 
 
-def time_alternating(artifacts: dict[str, tuple[Path, str]], folder: Path) -> dict[str, dict]:
-    """Median p50/p99 over ROUNDS, the artifacts taking turns so that machine noise hits both alike."""
-    results: dict[str, list[dict]] = {name: [] for name in artifacts}
-    for r in range(ROUNDS):
-        for name, (path, runtime) in artifacts.items():
-            spec = folder / f"spec-{name}.json"
-            spec.write_text(json.dumps({"artifact": str(path), "runtime": runtime, "imgsz": 640, "images": [],
-                                        "config": {"warmup": 10, "runs": 100, "max_seconds": 30}}))
-            out = folder / f"bench-{name}-{r}.json"
-            subprocess.run([sys.executable, "-m", "edgecompress.bench", str(spec), str(out)], check=True)
-            results[name].append(json.loads(out.read_text())["inference"])
-    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {name: {"p50_ms": median([x["p50_ms"] for x in runs]), "p99_ms": median([x["p99_ms"] for x in runs])}
-            for name, runs in results.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
@@ -106,7 +88,7 @@ def main() -> None:
         report = json.loads((out / f"run-{target}" / "report.json").read_text())
         ours = out / f"run-{target}" / report["final"]["artifact"]
         theirs = ultralytics_export(model, fmt, out / f"ultralytics-{target}")
-        timing = time_alternating({"edgecompress": (ours, runtime), "ultralytics": (theirs, runtime)}, out)
+        timing = time_alternating({"edgecompress": (ours, runtime), "ultralytics": (theirs, runtime)})
         results[target] = {
             "edgecompress": {"map50_95_report": report["stages"][-1]["accuracy"]["map50_95"],
                              **ultralytics_val(ours, data), **timing["edgecompress"]},

@@ -13,33 +13,17 @@ import json
 import os
 import platform
 import shutil
-import time
 from pathlib import Path
-
-import numpy as np
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from edgecompress.pipeline.quantize import QuantConfig, quantize  # noqa: E402
 from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model  # noqa: E402
 from edgecompress.targets import TARGETS  # noqa: E402
-from edgecompress.targets.runtimes import RUNTIMES, convert_onnx  # noqa: E402
+from edgecompress.targets.runtimes import convert_onnx  # noqa: E402
+from common import SHARED, time_alternating  # noqa: E402
 
 MODELS = {"yolov8n-bccd": "bccd", "yolo11n-bccd": "bccd", "yolov8n-raccoon": "raccoon"}
-SHARED = Path("/work/shared")
-
-
-def latency_ms(runtime: str, artifact: Path, warmup: int = 10, runs: int = 50) -> float:
-    infer = RUNTIMES[runtime].load(artifact).infer
-    x = np.full((1, 3, 640, 640), 0.5, np.float32)
-    for _ in range(warmup):
-        infer(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        infer(x)
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 2)
 
 
 def ultralytics_exports(pt: Path, data: str, folder: Path) -> dict[str, Path]:
@@ -75,8 +59,7 @@ def run(name: str, out: Path) -> dict:
     rows: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
 
     def record(key: str, runtime: str, artifact: Path, extra: dict | None = None) -> None:
-        rows[key] = {"runtime": runtime, "artifact": str(artifact), "map50_95": map_of(artifact),
-                     "latency_ms": latency_ms(runtime, artifact), **(extra or {})}
+        rows[key] = {"runtime": runtime, "artifact": str(artifact), "map50_95": map_of(artifact), **(extra or {})}
         print(name, key, rows[key], flush=True)
         (folder / "results.json").write_text(json.dumps(rows, indent=1))
 
@@ -102,6 +85,11 @@ def run(name: str, out: Path) -> dict:
         runtime = "onnxruntime" if t.runtime == "tensorrt" else t.runtime  # jetson: accuracy proxy on the CPU
         record(key, runtime, artifact, {"info": {k: info[k] for k in ("method", "scheme", "calibration_images",
                                                                       "float_layers", "fallback_steps", "timings")}})
+    # all artifacts timed at the end, taking turns, so that each ratio is measured side by side
+    timing = time_alternating({key: (Path(row["artifact"]), row["runtime"]) for key, row in rows.items()}, runs=50)
+    for key, row in rows.items():
+        row["latency_ms"] = timing[key]["p50_ms"]
+    (folder / "results.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
