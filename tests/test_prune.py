@@ -130,3 +130,12 @@ def test_config_errors_name_the_value_and_the_fix(demo, tmp_path):
         prune(build("yolov8n-demo", demo), PruneConfig(ratio=0.2, ignore=("model.99.*",)), str(demo[1]), 96, "cpu",
               tmp_path)
     assert not PruneConfig().enabled and PruneConfig(flops=0.35).enabled and PruneConfig(depth=1).enabled
+
+
+def test_sensitivity_is_measured_plotted_and_drives_the_allocation(demo, tmp_path):
+    model = build("yolov8n-demo", demo)
+    config = PruneConfig(flops=0.3, allocation="sensitivity", sensitivity_images=4)
+    _, info = prune(model, config, str(demo[1]), 96, "cpu", tmp_path)
+    drops = info["sensitivity"]["map_drop_points"]
+    assert len(drops) > 20 and Path(info["sensitivity"]["plot"]).stat().st_size > 0
+    assert abs(info["flops_removed"] - 0.3) <= 0.03

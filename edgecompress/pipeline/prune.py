@@ -38,7 +38,7 @@ from edgecompress.pipeline.config import require
 from edgecompress.pipeline.yolo_blocks import C2fSplit, SplitBlock, fold_blocks, split_blocks
 
 Criterion = Literal["l1", "l2", "group_norm", "bn_scale", "taylor", "activation", "random"]
-Allocation = Literal["uniform", "global", "threshold"]
+Allocation = Literal["uniform", "global", "threshold", "sensitivity"]
 CRITERIA_NEEDING_DATA = ("taylor", "activation")
 
 
@@ -67,6 +67,9 @@ class PruneConfig:
     sparse_reg: float = 5e-4  # criterion group_norm: regularisation strength (torch-pruning's `reg`)
     batches: int = 4  # criteria taylor/activation: training batches used to score channels
     flops_tolerance: float = 0.01  # relative error of the reached FLOPs against the target
+    sensitivity: bool = False  # measure per-group sensitivity on val and plot it (implied by that allocation)
+    sensitivity_ratio: float = 0.5  # channels each group loses, alone, when its sensitivity is measured
+    sensitivity_images: int = 16  # first val images used to measure it (each group costs one evaluation)
 
     def __post_init__(self) -> None:
         require(0.0 <= self.flops < 1.0, f"prune.flops is the fraction of FLOPs to remove, in [0, 1); got {self.flops}")
@@ -94,6 +97,9 @@ class PruneConfig:
                 f"set criterion: group_norm or remove sparse_epochs")
         require(self.sparse_reg > 0, f"prune.sparse_reg must be > 0, got {self.sparse_reg}; try 5e-4")
         require(self.batches >= 1, f"prune.batches must be >= 1, got {self.batches}")
+        require(0.0 < self.sensitivity_ratio < 1.0,
+                f"prune.sensitivity_ratio must be in (0, 1), got {self.sensitivity_ratio}; try 0.5")
+        require(self.sensitivity_images >= 1, f"prune.sensitivity_images must be >= 1, got {self.sensitivity_images}")
         require(0.0 < self.flops_tolerance <= 0.05,
                 f"prune.flops_tolerance must be in (0, 0.05], got {self.flops_tolerance}")
 
@@ -120,12 +126,18 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
     if config.criterion == "group_norm" and config.sparse_epochs:
         model, info["sparse_training"] = _sparse_train(model, config, data, imgsz, device, workdir / "sparse")
 
+    weights = None
+    if config.sensitivity or config.allocation == "sensitivity":
+        drops = sensitivity(model, config, data, imgsz, device, workdir / "sensitivity")
+        info["sensitivity"] = {"map_drop_points": drops, "plot": str(workdir / "sensitivity.png")}
+        plot_sensitivity(drops, config.sensitivity_ratio, workdir / "sensitivity.png")
+        weights = sensitivity_weights(drops)
     track = config.max_map_drop is not None and config.steps > 1
     base_map = evaluate_model(model, data, imgsz, device, workdir / "eval_base")["map50_95"] if track else None
     steps, best = [], None
     for step in range(1, config.steps + 1):
         fraction = step / config.steps
-        model, step_info = prune_step(model, config, data, imgsz, base["gflops"], fraction)
+        model, step_info = prune_step(model, config, data, imgsz, base["gflops"], fraction, weights)
         if step < config.steps and config.step_epochs:
             model, ft = finetune(model, FinetuneConfig(epochs=config.step_epochs), data, imgsz, device,
                                  workdir / f"step{step}")
@@ -148,11 +160,11 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
 
 
 def prune_step(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, base_gflops: float,
-               fraction: float) -> tuple[DetectionModel, dict]:
+               fraction: float, weights: dict[str, float] | None = None) -> tuple[DetectionModel, dict]:
     """One pruning step reaching `fraction` of the configured amount (measured against the unpruned model)."""
     _enable_grads(model)  # a model back from fine-tuning is loaded from its checkpoint with grads off
     split_blocks(model)
-    plan = Planner(model, config, data, imgsz)
+    plan = Planner(model, config, data, imgsz, weights)
     if config.flops:
         target = base_gflops * (1 - config.flops * fraction)
         knob = _search(lambda k: _size(plan.apply(k, dry_run=True), imgsz)["gflops"], target,
@@ -192,8 +204,10 @@ def _search(gflops_at: Callable[[float], float], target: float, tolerance: float
 class Planner:
     """The channel groups of one model, their importances, and which channels a knob value removes."""
 
-    def __init__(self, model: DetectionModel, config: PruneConfig, data: str, imgsz: int):
+    def __init__(self, model: DetectionModel, config: PruneConfig, data: str, imgsz: int,
+                 weights: dict[str, float] | None = None):
         self.model, self.config, self.imgsz = model, config, imgsz
+        self.weights = weights or {}  # allocation 'sensitivity': per-group ratio multipliers
         self.names = {m: n for n, m in model.named_modules()}
         self.dg = build_graph(model)
         protected = protected_layers(model, config.ignore)
@@ -225,6 +239,8 @@ class Planner:
         c = self.config
         if c.allocation == "uniform":
             raw = {root: round(knob * len(imp)) for root, imp, _ in self.groups}
+        elif c.allocation == "sensitivity":  # ratio inversely proportional to the measured mAP loss
+            raw = {root: round(knob * self.weights.get(self.names[root], 1.0) * len(imp)) for root, imp, _ in self.groups}
         else:
             if c.allocation == "threshold":
                 cut = knob
@@ -248,7 +264,10 @@ class Planner:
 
     def apply(self, knob: float, dry_run: bool = False) -> DetectionModel:
         """Prune (a copy, for dry runs) at this knob value; returns the pruned model."""
-        counts = self.counts(knob)
+        return self.prune_counts(self.counts(knob), dry_run)
+
+    def prune_counts(self, counts: dict[nn.Module, int], dry_run: bool) -> DetectionModel:
+        """Remove the `counts[root]` least important channels of each group (of a copy, for dry runs)."""
         if dry_run:
             model = copy.deepcopy(self.model)
             dg = build_graph(model)
@@ -256,7 +275,7 @@ class Planner:
         else:
             model, dg, mapping = self.model, self.dg, None
         for root, imp, _ in self.groups:
-            n = counts[root]
+            n = counts.get(root, 0)
             if n <= 0:
                 continue
             idxs = torch.argsort(imp)[:n].tolist()
@@ -446,6 +465,73 @@ def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: 
     model, info = finetune(model, FinetuneConfig(epochs=config.sparse_epochs), data, imgsz, device, workdir,
                            regulariser=regulariser)
     return model, info
+
+
+# ----------------------------------------------------------------------------------------- sensitivity
+
+def sensitivity(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, device: str,
+                workdir: Path) -> dict[str, float]:
+    """mAP50-95 points lost on the first val images when each group alone loses `sensitivity_ratio` of its
+    channels (no fine-tuning): which layers the detector can spare."""
+    from edgecompress.pipeline.finetune import evaluate_model
+
+    work = _enable_grads(copy.deepcopy(model))
+    split_blocks(work)
+    plan = Planner(work, config, data, imgsz)
+    subset = _val_subset(data, config.sensitivity_images, workdir)
+    base = evaluate_model(work, str(subset), imgsz, device, workdir / "eval")["map50_95"]
+    drops = {}
+    for root, imp, key in plan.groups:
+        roots = [r for r, _, k in plan.groups if key and k == key] or [root]
+        if roots[0] is not root:
+            continue  # a split block's two halves are pruned, and measured, together
+        n = {r: int(config.sensitivity_ratio * r.out_channels) for r in roots}
+        probe = plan.prune_counts(n, dry_run=True)
+        drops[plan.names[root]] = round(100 * (base - evaluate_model(probe, str(subset), imgsz, device,
+                                                                     workdir / "eval")["map50_95"]), 3)
+        for r in roots[1:]:
+            drops[plan.names[r]] = drops[plan.names[root]]
+    return drops
+
+
+def sensitivity_weights(drops: dict[str, float]) -> dict[str, float]:
+    """Per-group ratio multipliers with mean 1: a group that costs twice the mAP loses about half as much."""
+    inverse = {name: 1.0 / (max(d, 0.0) + 1.0) for name, d in drops.items()}  # +1 point: noise floor
+    mean = sum(inverse.values()) / len(inverse)
+    return {name: w / mean for name, w in inverse.items()}
+
+
+def plot_sensitivity(drops: dict[str, float], ratio: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display, no font download
+    import matplotlib.pyplot as plt
+
+    names = sorted(drops, key=lambda n: [int(t) if t.isdigit() else t for t in n.split(".")])  # network order
+    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names)), 4))
+    ax.bar(range(len(names)), [drops[n] for n in names])
+    ax.set_xticks(range(len(names)), [n.removeprefix("model.") for n in names], rotation=90, fontsize=6)
+    ax.set_ylabel(f"mAP50-95 points lost at {int(ratio * 100)}% channels")
+    ax.set_title("Pruning sensitivity per channel group (val, no fine-tuning)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _val_subset(data: str, images: int, workdir: Path) -> Path:
+    """A dataset YAML like `data` whose val split is its first `images` val images (labels found beside them)."""
+    import yaml
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+
+    info = check_det_dataset(str(data), autodownload=False)
+    folders = info["val"] if isinstance(info["val"], list) else [info["val"]]
+    files = sorted(p for f in folders for p in Path(f).rglob("*") if p.suffix[1:].lower() in IMG_FORMATS)
+    workdir.mkdir(parents=True, exist_ok=True)
+    listing = workdir / "val.txt"
+    listing.write_text("\n".join(str(p) for p in files[:images]) + "\n")
+    subset = workdir / "data.yaml"
+    subset.write_text(yaml.safe_dump({"train": str(listing), "val": str(listing), "names": info["names"]}))
+    return subset
 
 
 # ---------------------------------------------------------------------------------------- depth pruning
