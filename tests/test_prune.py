@@ -139,3 +139,13 @@ def test_sensitivity_is_measured_plotted_and_drives_the_allocation(demo, tmp_pat
     drops = info["sensitivity"]["map_drop_points"]
     assert len(drops) > 20 and Path(info["sensitivity"]["plot"]).stat().st_size > 0
     assert abs(info["flops_removed"] - 0.3) <= 0.03
+
+
+def test_latency_aware_pruning_uses_an_openvino_layer_table(demo, tmp_path):
+    model = build("yolov8n-demo", demo)
+    _, info = prune(model, PruneConfig(latency=0.3, allocation="global"), str(demo[1]), 96, "cpu", tmp_path)
+    table = info["steps"][0]["table_ms"]
+    assert table["before"] > 0 and abs(table["predicted_after"] / table["before"] - 0.7) <= 0.03
+    assert info["after"]["gflops"] < info["before"]["gflops"]
+    with pytest.raises(ConfigError, match="allocation: global"):
+        PruneConfig(latency=0.3)

@@ -53,6 +53,7 @@ class PruneConfig:
 
     flops: float = 0.0
     ratio: float = 0.0
+    latency: float = 0.0  # fraction of OpenVINO CPU latency to remove (per-layer table, allocation 'global')
     threshold: float = 0.0
     criterion: Criterion = "l2"
     allocation: Allocation = "uniform"
@@ -75,8 +76,13 @@ class PruneConfig:
         require(0.0 <= self.flops < 1.0, f"prune.flops is the fraction of FLOPs to remove, in [0, 1); got {self.flops}")
         require(0.0 <= self.ratio < 1.0,
                 f"prune.ratio is the fraction of channels to remove, in [0, 1); got {self.ratio}")
-        require(not (self.flops and self.ratio),
-                f"prune.flops ({self.flops}) and prune.ratio ({self.ratio}) both set; give one amount, e.g. flops")
+        require(0.0 <= self.latency < 1.0,
+                f"prune.latency is the fraction of latency to remove, in [0, 1); got {self.latency}")
+        amounts = {k: v for k, v in (("flops", self.flops), ("ratio", self.ratio), ("latency", self.latency)) if v}
+        require(len(amounts) <= 1, f"prune: {amounts} all set; give one amount, e.g. flops: 0.35")
+        require(not self.latency or self.allocation == "global",
+                f"prune.latency ranks channels by importance per millisecond across the whole model; "
+                f"set allocation: global (got {self.allocation!r})")
         if self.allocation == "threshold":
             require(self.threshold > 0 and not (self.flops or self.ratio),
                     f"prune.allocation 'threshold' prunes by prune.threshold (> 0) alone; got threshold "
@@ -105,7 +111,7 @@ class PruneConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.flops > 0 or self.ratio > 0 or self.threshold > 0 or self.depth > 0
+        return any((self.flops, self.ratio, self.latency, self.threshold, self.depth))
 
 
 # ----------------------------------------------------------------------------------------------- the stage
@@ -137,7 +143,8 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
     steps, best = [], None
     for step in range(1, config.steps + 1):
         fraction = step / config.steps
-        model, step_info = prune_step(model, config, data, imgsz, base["gflops"], fraction, weights)
+        model, step_info = prune_step(model, config, data, imgsz, base["gflops"], fraction, weights,
+                                      steps[0]["table_ms"]["unpruned"] if steps and config.latency else None)
         if step < config.steps and config.step_epochs:
             model, ft = finetune(model, FinetuneConfig(epochs=config.step_epochs), data, imgsz, device,
                                  workdir / f"step{step}")
@@ -160,12 +167,17 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
 
 
 def prune_step(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, base_gflops: float,
-               fraction: float, weights: dict[str, float] | None = None) -> tuple[DetectionModel, dict]:
+               fraction: float, weights: dict[str, float] | None = None,
+               base_ms: float | None = None) -> tuple[DetectionModel, dict]:
     """One pruning step reaching `fraction` of the configured amount (measured against the unpruned model)."""
     _enable_grads(model)  # a model back from fine-tuning is loaded from its checkpoint with grads off
     split_blocks(model)
     plan = Planner(model, config, data, imgsz, weights)
-    if config.flops:
+    if config.latency:
+        base_ms = base_ms or plan.table_ms
+        knob = _search(plan.predicted_ms, base_ms * (1 - config.latency * fraction),
+                       config.flops_tolerance * base_ms)
+    elif config.flops:
         target = base_gflops * (1 - config.flops * fraction)
         knob = _search(lambda k: _size(plan.apply(k, dry_run=True), imgsz)["gflops"], target,
                        config.flops_tolerance * target)
@@ -173,6 +185,9 @@ def prune_step(model: DetectionModel, config: PruneConfig, data: str, imgsz: int
         knob = config.ratio * fraction if config.allocation != "threshold" else config.threshold
     pruned = plan.apply(knob)
     info = {"knob": round(knob, 5), **_size(pruned, imgsz), "groups": plan.report(pruned), "skipped": plan.skipped}
+    if config.latency:
+        info["table_ms"] = {"before": round(plan.table_ms, 3), "predicted_after": round(plan.predicted_ms(knob), 3),
+                            "unpruned": round(base_ms, 3)}
     return pruned, info
 
 
@@ -217,6 +232,11 @@ class Planner:
             _score_with_data(model, importance, config, data, imgsz)
         self.groups: list[tuple[nn.Module, torch.Tensor, str]] = []  # (root conv, importance, tie key)
         self.frozen_ties: set[str] = set()  # split blocks with one half unprunable: the other half stays too
+        self.costs: dict[nn.Module, float] = {}  # latency-aware: ms saved per channel removed from the group
+        if config.latency:
+            from edgecompress.pipeline.latency_table import layer_table
+
+            table, self.table_ms = layer_table(model, imgsz)
         for group in self.dg.get_all_groups(root_module_types=[nn.Conv2d]):
             reason = _unsafe(group, protected)
             root = group[0].dep.target.module
@@ -230,6 +250,10 @@ class Planner:
                 self.frozen_ties.add(_tie_key(group, self.names))
                 continue
             self.groups.append((root, imp.detach().float().cpu(), _tie_key(group, self.names)))
+            if config.latency:
+                self.costs[root] = sum(table[item.dep.target.module].out_ms if item.dep.handler ==
+                                       tp.prune_conv_out_channels else table[item.dep.target.module].in_ms
+                                       for item in group if item.dep.target.module in table)
         for m in model.modules():  # Taylor gradients must not leak into fine-tuning
             if isinstance(m, nn.Conv2d) and m.weight.grad is not None:
                 m.weight.grad = None
@@ -244,10 +268,10 @@ class Planner:
         else:
             if c.allocation == "threshold":
                 cut = knob
-            else:  # global: one importance cut over every channel of every group
-                everything = torch.cat([imp for _, imp, _ in self.groups])
+            else:  # global: one cut over every channel of every group, by importance (per ms saved)
+                everything = torch.cat([self._score(root, imp) for root, imp, _ in self.groups])
                 cut = torch.quantile(everything, min(knob, 1.0)).item() if knob > 0 else -math.inf
-            raw = {root: int((imp < cut).sum()) for root, imp, _ in self.groups}
+            raw = {root: int((self._score(root, imp) < cut).sum()) for root, imp, _ in self.groups}
         counts = {}
         for root, imp, _ in self.groups:
             n = min(raw[root], int(c.max_group_ratio * len(imp)))
@@ -261,6 +285,17 @@ class Planner:
             for r in roots:
                 counts[r] = n
         return counts
+
+    def _score(self, root: nn.Module, imp: torch.Tensor) -> torch.Tensor:
+        """A channel's importance, divided by the latency its removal saves when pruning for latency."""
+        if not self.config.latency:
+            return imp
+        return imp / max(self.costs.get(root, 0.0), 1e-4)  # a channel that saves nothing is kept
+
+    def predicted_ms(self, knob: float) -> float:
+        """The latency table's model latency after pruning at this knob value."""
+        counts = self.counts(knob)
+        return self.table_ms - sum(counts.get(root, 0) * self.costs.get(root, 0.0) for root, _, _ in self.groups)
 
     def apply(self, knob: float, dry_run: bool = False) -> DetectionModel:
         """Prune (a copy, for dry runs) at this knob value; returns the pruned model."""
