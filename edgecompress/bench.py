@@ -179,6 +179,7 @@ def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig
         "inference": inference, "end_to_end": e2e,
         "memory": memory,
         "threads": config.threads or os.cpu_count(),
+        "execution_precision": session.execution_precision,
         "host": host_info(runtime),
     }
 

@@ -9,7 +9,7 @@ report.json (schema "edgecompress.report/1"):
   recipe: the full recipe, every setting
   stages: [{name, artifact, runtime, precision, parameters, gflops, reused,
             accuracy: {map50, map50_95, precision, recall, images, val_speed_ms},
-            benchmark: {file_mb, load_s, threads, inference: LATENCY, end_to_end: LATENCY,
+            benchmark: {file_mb, load_s, threads, execution_precision, inference: LATENCY, end_to_end: LATENCY,
                         memory: {peak_rss_mb, session_rss_mb}, host}}]
      where LATENCY = {runs, p50_ms, p90_ms, p99_ms, mean_ms, throughput_fps}
   final: {stage, artifact (path of the published artifact, relative to the output folder)}
@@ -94,6 +94,13 @@ def plot(stages: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def precision(stage: dict[str, Any]) -> str:
+    """The stored precision, and the one float layers execute in where the runtime chose another."""
+    executed = stage["benchmark"].get("execution_precision")
+    return f"{stage['precision']} ({executed} execution)" if executed and executed != "f32" \
+        else stage["precision"]
+
+
 def stage_details(stage: dict[str, Any]) -> list[str]:
     """Bullet lines on what a compressing stage did, from the info it recorded."""
     info, name = stage["info"], stage["name"]
@@ -135,7 +142,7 @@ def markdown(report: dict[str, Any], plot_name: str) -> str:
         acc, b = s["accuracy"], s["benchmark"]
         inf, e2e = b["inference"], b["end_to_end"]
         lines.append(
-            f"| {s['name']} | {s['runtime']} | {s['precision']} | {acc['map50']:.3f} | {acc['map50_95']:.3f} "
+            f"| {s['name']} | {s['runtime']} | {precision(s)} | {acc['map50']:.3f} | {acc['map50_95']:.3f} "
             f"| {(base - acc['map50_95']) * 100:+.2f} | {s['parameters'] / 1e6:.2f} | {s['gflops']:.2f} "
             f"| {b['file_mb']:.1f} | {inf['p50_ms']:.1f} / {inf['p90_ms']:.1f} / {inf['p99_ms']:.1f} "
             f"| {e2e['p50_ms']:.1f} | {b['memory']['peak_rss_mb']:.0f} |"
