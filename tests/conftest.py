@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-
-from edgecompress.pipeline.runner import demo_paths  # noqa: E402
+from edgecompress.pipeline.runner import demo_paths
 
 FAST_BENCH = {"warmup": 1, "runs": 3, "max_seconds": 5.0}
 

@@ -10,18 +10,16 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing may reach the network: no AMP check, font or asset download
+import numpy as np
+import torch
+import ultralytics.data.dataset as _ul_dataset
+from ultralytics.engine.exporter import Exporter
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.nn.tasks import DetectionModel, torch_safe_load
+from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
+from ultralytics.utils.torch_utils import get_flops
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import ultralytics.data.dataset as _ul_dataset  # noqa: E402
-from ultralytics.engine.exporter import Exporter  # noqa: E402
-from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel, torch_safe_load  # noqa: E402
-from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace  # noqa: E402
-from ultralytics.utils.torch_utils import get_flops  # noqa: E402
-
-from edgecompress.errors import UserError  # noqa: E402
+from edgecompress.errors import UserError
 
 
 def _no_cache_write(_prefix: str, _path: Path, x: dict[str, Any], version: str) -> None:
