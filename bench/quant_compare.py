@@ -73,10 +73,11 @@ def run(name: str, out: Path) -> dict:
         for key, path in ultralytics_exports(SHARED / "models" / f"{name}.pt", data, folder).items():
             record(key, "onnxruntime" if key == "ul_onnx_int8" else "openvino", path)
     for key, target, config in (
-        ("ours_onnx", "onnx", QuantConfig("ptq")),
-        ("ours_x86_nncf", "x86", QuantConfig("ptq", openvino_quantizer="nncf")),
-        ("ours_x86_qdq", "x86", QuantConfig("ptq", openvino_quantizer="qdq")),
-        ("ours_jetson_proxy", "jetson", QuantConfig("ptq")),
+        # each with the accuracy goal as its fallback budget (points of mAP50-95 against FP32)
+        ("ours_onnx", "onnx", QuantConfig("ptq", max_map_drop=0.5)),
+        ("ours_x86_nncf", "x86", QuantConfig("ptq", openvino_quantizer="nncf", max_map_drop=0.5)),
+        ("ours_x86_qdq", "x86", QuantConfig("ptq", openvino_quantizer="qdq", max_map_drop=0.5)),
+        ("ours_jetson_proxy", "jetson", QuantConfig("ptq", max_map_drop=0.7)),
     ):
         if key in rows:
             continue
