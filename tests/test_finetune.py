@@ -37,7 +37,6 @@ def test_no_grow_back_after_a_fine_tune_epoch(pruned_and_tuned):
     base, pruned, tuned, info, work = pruned_and_tuned
     assert widths(tuned) == widths(pruned) != widths(base)
     assert info["epochs_log"] and (work / "finetune" / "train" / "weights" / "best.pt").exists()
-    assert not Path("runs").exists() or not any(Path("runs").rglob("start.pt"))  # trainer output stays in workdir
 
 
 def test_checkpoint_round_trip_in_a_fresh_process(pruned_and_tuned, demo, tmp_path):
