@@ -1,4 +1,4 @@
-"""edgecompress's FP32 export against Ultralytics' own exporter, side by side in one run (issue: the working slice).
+"""edgecompress's FP32 export (`--quant none`) against Ultralytics' own exporter, side by side in one run.
 
 For each target (x86 = OpenVINO, onnx = onnxruntime) it runs `compress`, exports the same checkpoint with
 Ultralytics, and then measures both artifacts the same way: mAP50-95 by Ultralytics' validator (batch 1) and
@@ -29,7 +29,7 @@ from common import time_alternating  # noqa: E402
 def compress(model: Path, data: Path, target: str, out: Path) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "edgecompress.pipeline.cli", "--model", str(model),
-                           "--data", str(data), "--target", target, "--out", str(out)],
+                           "--data", str(data), "--target", target, "--out", str(out), "--quant", "none"],
                           capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"compress --target {target} failed:\n{proc.stderr[-3000:]}")
@@ -39,7 +39,7 @@ def compress(model: Path, data: Path, target: str, out: Path) -> tuple[float, su
 def killed_in_export(model: Path, data: Path, target: str, out: Path) -> dict:
     """Kill a fresh run with SIGKILL as soon as its export stage starts, then resume it."""
     command = [sys.executable, "-m", "edgecompress.pipeline.cli", "--model", str(model), "--data", str(data),
-               "--target", target, "--out", str(out)]
+               "--target", target, "--out", str(out), "--quant", "none"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not list((out / "stages").glob(".tmp-export-*")) and proc.poll() is None:
         time.sleep(0.02)
