@@ -39,6 +39,13 @@ def test_no_grow_back_after_a_fine_tune_epoch(pruned_and_tuned):
     assert info["epochs_log"] and (work / "finetune" / "train" / "weights" / "best.pt").exists()
 
 
+def test_trainer_writes_only_into_workdir(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative workdir: Ultralytics would file it under ./runs/detect
+    model = yolo.load_model(demo[0])
+    finetune(model, QUICK, str(demo[1]), IMGSZ, "cpu", Path("work"))
+    assert (tmp_path / "work" / "train" / "weights" / "best.pt").exists() and not (tmp_path / "runs").exists()
+
+
 def test_checkpoint_round_trip_in_a_fresh_process(pruned_and_tuned, demo, tmp_path):
     _, _, tuned, _, _ = pruned_and_tuned
     path = yolo.save_checkpoint(tuned, tmp_path / "pruned.pt")

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import csv
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
+from unittest import mock
 
 import torch
+import ultralytics.engine.trainer as _ul_trainer
 from torch import nn
 from ultralytics.cfg import get_cfg
 from ultralytics.data import build_dataloader, build_yolo_dataset
@@ -63,9 +67,12 @@ class KeepModelTrainer(DetectionTrainer):
 
     `regulariser`, when given, is called with the trained module and returns a function applied to it after
     each backward pass, before the optimizer step (torch-pruning's sparsity regularisation).
+    `qat_batches` > 0 (with the trainer argument quantize=8): Ultralytics' quantization-aware training, its
+    fake quantizers' ranges calibrated on that many train batches before the first step.
     """
 
     regulariser: Callable[[nn.Module], Callable[[nn.Module], None]] | None = None
+    qat_batches: int = 0
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         if not isinstance(weights, nn.Module):
@@ -73,7 +80,10 @@ class KeepModelTrainer(DetectionTrainer):
         return weights
 
     def _setup_train(self):
-        super()._setup_train()
+        # Ultralytics calls prepare_qat with its fixed 8 calibration batches; pass ours instead
+        calibrate = partial(_ul_trainer.prepare_qat, batches=self.qat_batches)
+        with mock.patch.object(_ul_trainer, "prepare_qat", calibrate) if self.qat_batches else nullcontext():
+            super()._setup_train()
         module = unwrap_model(self.model)
         self._regularise = type(self).regulariser(module) if type(self).regulariser else None
 
@@ -86,9 +96,12 @@ class KeepModelTrainer(DetectionTrainer):
 def finetune(model: DetectionModel, config: FinetuneConfig, data: str, imgsz: int, device: str, workdir: Path,
              teacher: DetectionModel | None = None,
              regulariser: Callable[[nn.Module], Callable[[nn.Module], None]] | None = None,
-             ) -> tuple[DetectionModel, dict]:
-    """Train `model` for `config.epochs`; returns the best epoch's model (by val fitness) and a JSON-able info."""
-    workdir = Path(workdir)
+             qat_batches: int = 0) -> tuple[DetectionModel, dict]:
+    """Train `model` for `config.epochs`; returns the best epoch's model (by val fitness) and a JSON-able info.
+
+    `qat_batches` > 0 trains with INT8 fake quantization (see KeepModelTrainer); the returned model then carries
+    its quantizers and their ranges (edgecompress.pipeline.quantize.qat exports it)."""
+    workdir = Path(workdir).resolve()  # Ultralytics files a relative project under ./runs/detect
     if config.epochs == 0:
         return model, {"epochs": 0}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -105,8 +118,11 @@ def finetune(model: DetectionModel, config: FinetuneConfig, data: str, imgsz: in
         require(teacher is not None, "finetune.distill needs the unpruned teacher model; set finetune.distill: 0")
         save_checkpoint(teacher, workdir / "teacher.pt", half=False)
         overrides.update(distill_model=str(workdir / "teacher.pt"), dis=config.distill)
-    trainer_cls = type("Trainer", (KeepModelTrainer,), {"regulariser": staticmethod(regulariser)}) \
-        if regulariser else KeepModelTrainer
+    if qat_batches:
+        overrides["quantize"] = 8
+    trainer_cls = type("Trainer", (KeepModelTrainer,), {"regulariser": staticmethod(regulariser),
+                                                        "qat_batches": qat_batches}) \
+        if regulariser or qat_batches else KeepModelTrainer
     trainer = trainer_cls(overrides=overrides)
     t0 = time.time()
     trainer.train()
@@ -125,7 +141,7 @@ def _results(path: Path) -> list[dict[str, float]]:
 
 def evaluate_model(model: DetectionModel, data: str, imgsz: int, device: str, workdir: Path) -> dict[str, Any]:
     """mAP of a PyTorch model on the val split, measured exactly as the runner's evaluate stage does."""
-    return evaluate(model, data, imgsz, "val", 0.001, 0.7, device, Path(workdir))
+    return evaluate(model, data, imgsz, "val", 0.001, 0.7, device, Path(workdir).resolve())
 
 
 def train_batches(data: str, imgsz: int, count: int, batch: int = 8) -> Iterator[dict[str, torch.Tensor]]:
