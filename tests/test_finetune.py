@@ -94,3 +94,22 @@ def test_config_errors_name_the_value():
         FinetuneConfig(epochs=-1)
     with pytest.raises(ConfigError, match="lr0"):
         FinetuneConfig(lr0=2.0)
+
+
+def test_yolo26_prunes_fine_tunes_saves_loads_and_exports(demo, tmp_path):
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolo26n.yaml", nc=1, verbose=False).eval()  # end-to-end head, built without downloads
+    model.names = {0: "raccoon"}
+    pruned, _ = prune(model, PruneConfig(flops=0.3), str(demo[1]), 64, "cpu", tmp_path / "prune")
+    tuned, _ = finetune(pruned, QUICK, str(demo[1]), 64, "cpu", tmp_path / "ft")
+    assert widths(tuned) == widths(pruned)
+    path = yolo.save_checkpoint(tuned, tmp_path / "yolo26-pruned.pt")
+    script = (f"import edgecompress.pipeline.yolo\nfrom ultralytics import YOLO\n"
+              f"r = YOLO({str(path)!r}).predict({str(next((demo[1].parent / 'images' / 'val').iterdir()))!r}, "
+              f"imgsz=64, verbose=False)\nprint(r[0].boxes.data.shape[-1])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**__import__("os").environ, "YOLO_OFFLINE": "1"})
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "6", done.stderr[-2000:]
+    onnx_path, _ = yolo.export_onnx(yolo.load_model(path), 64, tmp_path, "yolo26-pruned")
+    assert onnx_path.stat().st_size > 0

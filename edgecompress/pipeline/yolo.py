@@ -137,7 +137,8 @@ def save_checkpoint(model: DetectionModel, path: str | Path, half: bool = True) 
     path.parent.mkdir(parents=True, exist_ok=True)
     saved = deepcopy(model).float()
     saved.criterion = None  # training-only state
-    args = saved.args if isinstance(saved.args, dict) else vars(saved.args) if hasattr(saved, "args") else {}
+    args = getattr(saved, "args", {})  # a model built from a yaml has none; a trained one a dict or namespace
+    args = args if isinstance(args, dict) else vars(args)
     saved.args = {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, type(None)))}
     for p in saved.parameters():
         p.requires_grad_(False)
