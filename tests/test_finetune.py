@@ -113,3 +113,12 @@ def test_yolo26_prunes_fine_tunes_saves_loads_and_exports(demo, tmp_path):
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "6", done.stderr[-2000:]
     onnx_path, _ = yolo.export_onnx(yolo.load_model(path), 64, tmp_path, "yolo26-pruned")
     assert onnx_path.stat().st_size > 0
+
+
+def test_iterative_pruning_fine_tunes_between_steps_and_reaches_the_target(demo, tmp_path):
+    config = PruneConfig(flops=0.4, steps=2, step_finetune=QUICK, max_map_drop=100.0)
+    pruned, info = prune(yolo.load_model(demo[0]), config, str(demo[1]), IMGSZ, "cpu", tmp_path)
+    assert len(info["steps"]) == 2 and info["steps"][0]["finetune"]["epochs_log"]
+    assert info["steps"][0]["gflops"] > info["steps"][1]["gflops"]
+    assert abs(info["flops_removed"] - 0.4) <= 0.03
+    assert all("map_drop_points" in s for s in info["steps"])

@@ -22,7 +22,7 @@ import fnmatch
 import json
 import math
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -35,6 +35,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
 from edgecompress.pipeline.config import require
+from edgecompress.pipeline.finetune import FinetuneConfig, evaluate_model, finetune, train_batches
 from edgecompress.pipeline.yolo_blocks import C2fSplit, SplitBlock, fold_blocks, split_blocks
 
 Criterion = Literal["l1", "l2", "group_norm", "bn_scale", "taylor", "activation", "random"]
@@ -58,7 +59,8 @@ class PruneConfig:
     criterion: Criterion = "l2"
     allocation: Allocation = "uniform"
     steps: int = 1  # iterative pruning: the amount is reached in this many equal steps
-    step_epochs: int = 1  # fine-tuning epochs after each step but the last (the finetune stage follows)
+    step_finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=1))  # after each step but
+    # the last (the finetune stage follows it)
     max_map_drop: float | None = None  # mAP50-95 points: stop stepping (keep the best step) once a step loses more
     round_to: int = 1  # keep channel counts a multiple of this (8 for TensorRT's tensor cores)
     max_group_ratio: float = 0.9  # no group loses more than this fraction (global/threshold allocation)
@@ -91,7 +93,6 @@ class PruneConfig:
             require(self.threshold == 0.0,
                     f"prune.threshold ({self.threshold}) needs allocation: threshold; or remove it")
         require(self.steps >= 1, f"prune.steps must be >= 1, got {self.steps}")
-        require(self.step_epochs >= 0, f"prune.step_epochs must be >= 0, got {self.step_epochs}")
         require(self.max_map_drop is None or self.max_map_drop >= 0,
                 f"prune.max_map_drop is in mAP50-95 points and must be >= 0, got {self.max_map_drop}")
         require(self.round_to >= 1, f"prune.round_to must be >= 1 (8 for TensorRT), got {self.round_to}")
@@ -119,8 +120,6 @@ class PruneConfig:
 def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, device: str,
           workdir: Path) -> tuple[DetectionModel, dict]:
     """Returns the pruned (and, for iterative schedules, step-wise fine-tuned) model and a JSON-able info dict."""
-    from edgecompress.pipeline.finetune import FinetuneConfig, evaluate_model, finetune
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = _trainable_copy(model)
@@ -145,9 +144,8 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
         fraction = step / config.steps
         model, step_info = prune_step(model, config, data, imgsz, base["gflops"], fraction, weights,
                                       steps[0]["table_ms"]["unpruned"] if steps and config.latency else None)
-        if step < config.steps and config.step_epochs:
-            model, ft = finetune(model, FinetuneConfig(epochs=config.step_epochs), data, imgsz, device,
-                                 workdir / f"step{step}")
+        if step < config.steps and config.step_finetune.epochs:
+            model, ft = finetune(model, config.step_finetune, data, imgsz, device, workdir / f"step{step}")
             step_info["finetune"] = ft
         if track:
             step_info["map50_95"] = evaluate_model(model, data, imgsz, device, workdir / f"eval{step}")["map50_95"]
@@ -156,7 +154,7 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
         if track and step_info["map_drop_points"] > config.max_map_drop:
             info["stopped_early"] = f"step {step} lost {step_info['map_drop_points']} points > {config.max_map_drop}"
             break
-        best = model
+        best = copy.deepcopy(model) if track else model  # the next step prunes `model` in place
     model = best if best is not None else model  # a first step over budget is still returned, and flagged
     fold_blocks(model)
     info["steps"] = steps
@@ -451,8 +449,6 @@ def make_importance(criterion: Criterion) -> tp.importance.Importance:
 def _score_with_data(model: DetectionModel, importance: tp.importance.Importance, config: PruneConfig,
                      data: str, imgsz: int) -> None:
     """Feed `config.batches` training batches: gradients for Taylor, mean input activations for activation."""
-    from edgecompress.pipeline.finetune import train_batches
-
     loss_model = _with_loss_args(model)
     model.train()
     if isinstance(importance, tp.importance.ActivationImportance):
@@ -485,8 +481,6 @@ def _with_loss_args(model: DetectionModel) -> DetectionModel:
 def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, device: str,
                   workdir: Path) -> tuple[DetectionModel, dict]:
     """Torch-pruning's GroupNormPruner regularisation during training: unimportant groups shrink toward zero."""
-    from edgecompress.pipeline.finetune import FinetuneConfig, finetune
-
     split_blocks(model)
 
     def regulariser(trained: nn.Module) -> Callable[[nn.Module], None]:
@@ -508,8 +502,6 @@ def sensitivity(model: DetectionModel, config: PruneConfig, data: str, imgsz: in
                 workdir: Path) -> dict[str, float]:
     """mAP50-95 points lost on the first val images when each group alone loses `sensitivity_ratio` of its
     channels (no fine-tuning): which layers the detector can spare."""
-    from edgecompress.pipeline.finetune import evaluate_model
-
     work = _enable_grads(copy.deepcopy(model))
     split_blocks(work)
     plan = Planner(work, config, data, imgsz)
