@@ -1,0 +1,66 @@
+"""QAT on the real demo detector, tiny: fake-quantized training, then the target's INT8 artifact in its runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgecompress.pipeline.prune import PruneConfig, prune
+from edgecompress.pipeline.quantize import QATConfig, QuantConfig, qat
+from edgecompress.pipeline.yolo import load_model
+from edgecompress.targets import TARGETS, tensorrt_rules
+
+pytest.importorskip("modelopt", reason="QAT needs nvidia-modelopt (the `full` extra)")
+
+IMGSZ = 64
+CONFIG = QuantConfig("qat", qat=QATConfig(epochs=1, batch=4, calibration_batches=2))
+
+
+def _runs_and_predicts(artifact: Path, image: Path) -> onnx.ModelProto:
+    """The artifact runs in onnxruntime and Ultralytics predicts with it; returns its graph."""
+    from ultralytics import YOLO
+
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"images": np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), np.float32)})
+    assert np.isfinite(out).all()
+    YOLO(str(artifact), task="detect").predict(str(image), imgsz=IMGSZ, device="cpu", verbose=False)
+    return onnx.load(str(artifact))
+
+
+def _first_image(data: Path) -> Path:
+    return next((data.parent / "images" / "val").iterdir())
+
+
+def test_qat_onnx_target_requantizes_trained_weights_in_uint8(demo, tmp_path):
+    artifact, info = qat(load_model(demo[0]), CONFIG, TARGETS["onnx"], str(demo[1]), IMGSZ, "cpu", tmp_path)
+    graph = _runs_and_predicts(artifact, _first_image(demo[1])).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    zero_points = {t.data_type for t in graph.initializer if t.name.endswith("_zero_point")}
+    assert onnx.TensorProto.UINT8 in zero_points  # onnxruntime's fast kernels: uint8 activations
+    assert info["mode"] == "qat" and info["epochs"] == 1 and info["float_layers"] == []
+    assert info["scheme"]["activations"] == "uint8 asymmetric" and info["ranges"].startswith("recalibrated")
+
+
+def test_qat_after_pruning_gives_a_tensorrt_valid_jetson_model(demo, tmp_path):
+    model = load_model(demo[0])
+    widths = sum(p.numel() for p in model.parameters())
+    pruned, _ = prune(model, PruneConfig(flops=0.2), str(demo[1]), IMGSZ, "cpu", tmp_path / "prune")
+    artifact, info = qat(pruned, CONFIG, TARGETS["jetson-orin-nano"], str(demo[1]), IMGSZ, "cpu", tmp_path / "qat")
+    model = _runs_and_predicts(artifact, _first_image(demo[1]))
+    assert tensorrt_rules.violations(model) == []
+    weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    assert weights < 0.95 * widths  # the pruned widths survived training and export: nothing grew back
+    assert info["ranges"].startswith("recalibrated") and info["head_decode_float"]
+
+
+def test_qat_x86_target_gives_an_openvino_model(demo, tmp_path):
+    from ultralytics import YOLO
+
+    artifact, info = qat(load_model(demo[0]), CONFIG, TARGETS["x86"], str(demo[1]), IMGSZ, "cpu", tmp_path)
+    assert artifact.name.endswith("_openvino_model") and (artifact / "metadata.yaml").is_file()
+    assert info["scheme"]["format"] == "OpenVINO FakeQuantize"  # NNCF re-quantized the trained weights
+    YOLO(str(artifact), task="detect").predict(str(_first_image(demo[1])), imgsz=IMGSZ, device="cpu", verbose=False)
