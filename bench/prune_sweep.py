@@ -147,7 +147,9 @@ def report(results: list[dict], out: Path) -> None:
     fig.savefig(out / "pareto.png", dpi=120)
 
 
-def _number(text: str) -> float | int | str:
+def _number(text: str) -> float | int | bool | str:
+    if text in ("true", "false"):
+        return text == "true"
     for kind in (int, float):
         try:
             return kind(text)
