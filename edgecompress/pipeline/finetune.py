@@ -13,7 +13,6 @@ Recovering a heavily pruned model needs more (Ultralytics' own schedule recovere
 
 from __future__ import annotations
 
-import copy
 import csv
 import time
 from contextlib import nullcontext
@@ -50,7 +49,6 @@ class FinetuneConfig:
     close_mosaic: int = 1  # last epochs without mosaic, so the model ends on images like the val split
     batch: int = 16
     workers: int = 2
-    freeze_bn_stats: bool = False  # keep BatchNorm running statistics as trained (momentum 0 while training)
     distill: float = 0.0  # weight of the distillation loss from the unpruned teacher (Ultralytics' `dis`); 0 = off
     seed: int = 0
 
@@ -110,12 +108,6 @@ def finetune(model: DetectionModel, config: FinetuneConfig, data: str, imgsz: in
         return model, {"epochs": 0}
     workdir.mkdir(parents=True, exist_ok=True)
     start = workdir / "start.pt"
-    momenta = {name: m.momentum for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    if config.freeze_bn_stats:
-        model = copy.deepcopy(model)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = 0.0
     save_checkpoint(model, start, half=False)
     overrides = {
         "model": str(start), "data": str(data), "imgsz": imgsz, "epochs": config.epochs, "batch": config.batch,
@@ -138,9 +130,6 @@ def finetune(model: DetectionModel, config: FinetuneConfig, data: str, imgsz: in
     trainer.train()
     best, _ = load_checkpoint(trainer.best if trainer.best.exists() else trainer.last)
     best = getattr(best, "student_model", best)  # a distillation checkpoint holds the student inside
-    for name, m in best.named_modules():
-        if name in momenta:
-            m.momentum = momenta[name]
     info = {"config": asdict(config), "seconds": round(time.time() - t0, 1), "epochs_log": _results(trainer.csv)}
     return best.float().eval(), info
 
