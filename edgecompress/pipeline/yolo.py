@@ -168,7 +168,7 @@ def evaluate(weights: str | Path | DetectionModel, data: str | Path, imgsz: int,
     args = {
         "task": "detect", "mode": "val", "data": str(data), "imgsz": imgsz, "batch": 1, "device": device,
         "split": split, "conf": conf, "iou": iou, "rect": False, "plots": False, "save_json": False,
-        "verbose": False, "project": str(workdir), "name": "val", "exist_ok": True,
+        "verbose": False, "project": str(Path(workdir).resolve()), "name": "val", "exist_ok": True,
     }
     validator = DetectionValidator(args=args)
     model = weights if isinstance(weights, torch.nn.Module) else str(weights)
