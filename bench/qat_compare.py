@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--data", default="bccd")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr0", type=float, default=QATConfig.lr0)
-    parser.add_argument("--out", type=Path, default=Path("runs/qat_compare"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/qat_compare"))
     args = parser.parse_args()
     data = str(SHARED / "datasets" / args.data / "data.yaml")
     folder = args.out / args.model
