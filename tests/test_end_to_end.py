@@ -143,3 +143,19 @@ def test_second_concurrent_run_is_refused(tmp_path: Path, fast_recipe, capsys) -
         code = main(["--recipe", str(fast_recipe()), "--out", str(out)])
     assert code == 2
     assert "another compress run (pid 4242) is using" in capsys.readouterr().err
+
+
+def test_prune_finetune_and_qat_run_as_one_chain(tmp_path: Path, fast_recipe) -> None:
+    """--prune with fine-tuning and QAT through the CLI: every stage in order, each artifact measured."""
+    recipe = fast_recipe(imgsz=64, finetune={"epochs": 1, "batch": 4},
+                         quant={"mode": "qat", "calibration_images": 8, "qat": {"epochs": 1, "batch": 4}})
+    out = tmp_path / "out"
+    assert main(["--recipe", str(recipe), "--prune", "0.2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["baseline", "prune", "finetune", "onnx-fp32", "onnxruntime-int8"]
+    baseline, pruned, finetuned, fp32, int8 = report["stages"]
+    assert pruned["gflops"] < 0.85 * baseline["gflops"] and pruned["parameters"] < baseline["parameters"]
+    assert finetuned["gflops"] == pruned["gflops"] == fp32["gflops"]  # no grow-back through training and export
+    assert int8["info"]["mode"] == "qat" and int8["precision"] == "int8"
+    assert "QAT, 1 epochs" in (out / "report.md").read_text()

@@ -108,8 +108,10 @@ def stage_details(stage: dict[str, Any]) -> list[str]:
         return [f"- **{name}**: {info['flops_removed'] * 100:.1f}% of the FLOPs removed "
                 f"({info['before']['gflops']:.2f} -> {info['after']['gflops']:.2f} GFLOPs)"
                 + (f"; {info['stopped_early']}" if info.get("stopped_early") else "")]
-    if "epochs_log" in info:
-        return [f"- **{name}**: {info['config']['epochs']} epochs in {info['seconds']:.0f} s"]
+    if info.get("mode") == "qat":
+        return [f"- **{name}**: QAT, {info['epochs']} epochs of fake-quantized fine-tuning, then INT8 with "
+                f"activations {info['scheme']['activations']}, weights {info['scheme']['weights']}; head decode "
+                f"in float"]
     if info.get("mode") == "ptq":
         floats = ", ".join(f"`{layer['node']}`" for layer in info["float_layers"]) or "none"
         return [f"- **{name}**: {info['quantizer']} PTQ, {info['method']} ranges from {info['calibration_images']} "
@@ -117,6 +119,8 @@ def stage_details(stage: dict[str, Any]) -> list[str]:
                 f"{-info['drop_points']:+.2f} mAP50-95 points against FP32 in this runtime (budget "
                 f"-{info['budget_points']}); "
                 f"head decode in float; layers kept in float by the fallback: {floats}"]
+    if "epochs_log" in info:
+        return [f"- **{name}**: {info['config']['epochs']} epochs in {info['seconds']:.0f} s"]
     if "trtexec" in info:
         return [f"- **{name}**: TensorRT engine `{info['engine']}`, trtexec command in `{info['trtexec']}`"]
     return []

@@ -21,14 +21,14 @@ from typing import Any
 import yaml
 
 from edgecompress.bench import BENCH_IMAGES
-from edgecompress.errors import NotAvailableYet, UserError
+from edgecompress.errors import UserError
 from edgecompress.pipeline import report as report_mod
 from edgecompress.pipeline import dataset, yolo
 from edgecompress.pipeline.cache import DONE, Cache, Entry, file_digest, write_atomic
 from edgecompress.pipeline.config import to_dict
 from edgecompress.pipeline.finetune import finetune
 from edgecompress.pipeline.prune import prune
-from edgecompress.pipeline.quantize import quantize
+from edgecompress.pipeline.quantize import qat, quantize
 from edgecompress.pipeline.recipe import Recipe
 from edgecompress.targets import Target, get_target
 from edgecompress.targets.runtimes import RUNTIMES, convert_onnx
@@ -123,8 +123,6 @@ class Runner:
                                 f"use --quant ptq (FP16-only engines are not available yet)")
         else:  # a Jetson bundle is prepared anywhere; its engine is built where TensorRT runs
             RUNTIMES[self.target.runtime].check()
-        if recipe.quant.mode == "qat":
-            raise NotAvailableYet("--quant qat is not available yet in this release; use --quant ptq")
 
     def run(self) -> dict[str, Any]:
         """Run every stage (reusing finished ones), write the report, and return it."""
@@ -170,18 +168,25 @@ class Runner:
             converted = self._step("openvino-fp32", {"parent": exported.key},
                                    lambda folder: self._convert(fp32.path, exported.folder, folder))
             chain.append(self._artifact("openvino-fp32", converted, "openvino", "fp32", source.size))
-        if recipe.quant.mode == "ptq":
+        if recipe.quant.enabled:
             budget = recipe.quant.max_map_drop
-            quantized = self._step(f"quantize-{target.name}",
-                                   {"parent": exported.key, "quant": to_dict(recipe.quant), "target": target.name,
-                                    "data": self.data_key, "eval": to_dict(recipe.eval), "imgsz": recipe.imgsz},
-                                   lambda folder: self._quantize(fp32.path, folder))
+            parts = {"quant": to_dict(recipe.quant), "target": target.name, "data": self.data_key,
+                     "imgsz": recipe.imgsz}
+            if recipe.quant.mode == "ptq":
+                quantized = self._step(f"quantize-{target.name}",
+                                       {**parts, "parent": exported.key, "eval": to_dict(recipe.eval)},
+                                       lambda folder: self._quantize(fp32.path, folder))
+            else:  # QAT fine-tunes the PyTorch model, then quantizes it the same way
+                quantized = self._step(f"qat-{target.name}", {**parts, "parent": source.key,
+                                                              "device": recipe.device},
+                                       lambda folder: self._qat(source, folder))
             # a Jetson's QDQ ONNX is measured in onnxruntime on the CPU: the accuracy proxy for its engine
             runtime = "openvino" if target.runtime == "openvino" else "onnxruntime"
             name = "tensorrt-qdq-int8" if target.runtime == "tensorrt" else f"{runtime}-int8"
             chain.append(self._artifact(name, quantized, runtime, "int8", source.size))
-            self.log(f"[quantize] INT8 mAP50-95 {-quantized.info['drop_points']:+.2f} points against FP32 "
-                     f"(budget -{budget}); layers kept in float: {len(quantized.info['float_layers'])}")
+            if "drop_points" in quantized.info:  # PTQ measures itself against FP32 for its fallback
+                self.log(f"[quantize] INT8 mAP50-95 {-quantized.info['drop_points']:+.2f} points against FP32 "
+                         f"(budget -{budget}); layers kept in float: {len(quantized.info['float_layers'])}")
         bundle = self._jetson(chain[-1], exported.folder) if target.runtime == "tensorrt" else None
         if bundle and bundle.info["engine"]:
             chain.append(Artifact("tensorrt-int8", bundle.folder / bundle.info["engine"], "tensorrt", "int8",
@@ -244,6 +249,15 @@ class Runner:
                                   self.recipe.imgsz, folder, evaluate)
         shutil.rmtree(folder / "eval", ignore_errors=True)
         return {"artifact": artifact.name, **info}
+
+    def _qat(self, source: Artifact, folder: Path) -> dict[str, Any]:
+        recipe = self.recipe
+        artifact, info = qat(yolo.load_model(source.path, self.trust), recipe.quant, self.target,
+                             str(self.data["yaml_file"]), recipe.imgsz, recipe.device, folder / "work")
+        dest = folder / artifact.name
+        shutil.move(str(artifact), dest)
+        shutil.rmtree(folder / "work", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
+        return {"artifact": dest.name, **info}
 
     def _jetson(self, qdq: Artifact, export_folder: Path) -> Entry:
         """The bundle a Jetson needs (QDQ ONNX, metadata, trtexec.sh) and its engines where TensorRT runs."""
