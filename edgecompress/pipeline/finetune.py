@@ -40,7 +40,7 @@ from edgecompress.pipeline.yolo import evaluate, save_checkpoint
 class FinetuneConfig:
     """`epochs`: fine-tuning epochs after pruning (0 = none); the rest are Ultralytics' trainer settings."""
 
-    epochs: int = 0
+    epochs: int = 5  # the fine-tune stage runs only after pruning, so `--prune X` alone also fine-tunes
     optimizer: Literal["AdamW", "Adam", "SGD", "auto"] = "AdamW"  # auto: Ultralytics picks by run length
     lr0: float = 0.0001  # measured (BENCHMARKS.md): 1e-3 took yolov8n-bccd from 0.604 to 0.155 in one epoch
     lrf: float = 0.1  # final lr = lr0 * lrf (linear decay)
