@@ -17,6 +17,7 @@ from edgecompress.pipeline.config import ConfigError, from_dict, require, to_dic
 from edgecompress.pipeline.finetune import FinetuneConfig
 from edgecompress.pipeline.prune import PruneConfig
 from edgecompress.pipeline.quantize import QuantConfig
+from edgecompress.targets import get_target
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Recipe:
                 f"got {self.imgsz}; try {max(32, round(self.imgsz / 32) * 32)}")
         require(self.device == "cpu" or self.device.isdigit(),
                 f"device must be 'cpu' or a CUDA index such as '0', got {self.device!r}")
+        get_target(self.target)  # an unknown name fails here, with the closest names suggested
         require(bool(self.model) == bool(self.data),
                 "give both model and data (your checkpoint and its dataset YAML), or neither for the demo")
 
