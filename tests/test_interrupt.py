@@ -71,3 +71,45 @@ def test_killed_after_every_stage_resumes_to_the_same_report(tmp_path: Path, fas
     assert accuracy(resumed) == accuracy(uninterrupted)
     assert [s["name"] for s in resumed["stages"]] == [s["name"] for s in uninterrupted["stages"]]
     assert load_model(resumed["model"]["path"]).names == {0: "raccoon"}
+
+
+def test_killed_in_the_middle_of_fine_tuning_resumes_without_redoing_pruning(tmp_path: Path, fast_recipe) -> None:
+    recipe = fast_recipe(imgsz=64, prune={"flops": 0.2}, finetune={"epochs": 3, "batch": 4},
+                         quant={"mode": "none"})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "edgecompress.pipeline.cli", "--recipe", str(recipe), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # after the first epoch has written its results, before the last one
+    while not list((out / "stages").glob(".tmp-finetune-*/work/**/results.csv")) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before fine-tuning was under way"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    pruned = finished(out)
+    assert any(name.startswith("prune-") for name in pruned) and not any(n.startswith("finetune-") for n in pruned)
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[prune] reused" in resumed.stderr and "[finetune] done in" in resumed.stderr
+    assert "took over the lock left by an ended run" in resumed.stderr
+    after = finished(out)
+    assert {k: after[k] for k in pruned} == pruned
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["baseline", "prune", "finetune", "onnx-fp32"]
+
+
+def test_ctrl_c_ends_with_a_message_and_a_resumable_state(tmp_path: Path, fast_recipe) -> None:
+    import signal
+
+    recipe, out = fast_recipe(quant={"mode": "none"}), tmp_path / "out"
+    command = [sys.executable, "-m", "edgecompress.pipeline.cli", "--recipe", str(recipe), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((out / "stages").glob(".tmp-export-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130
+    assert "interrupted; finished stages are kept, rerun the same command to resume" in err
+    assert "Traceback" not in err
+    assert subprocess.run(command, capture_output=True).returncode == 0
