@@ -51,18 +51,25 @@ class BenchConfig:
         require(self.threads >= 0, f"bench.threads must be >= 0 (0 = runtime default), got {self.threads}")
 
 
-def letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """BGR HWC uint8 -> 1x3xSxS float32 RGB in [0, 1], resized and padded with 114 as Ultralytics does."""
+def letterbox(image: np.ndarray, imgsz: int) -> np.ndarray:
+    """Ultralytics' inference LetterBox for a static square input: scale to fit, centre, pad with 114."""
     import cv2
 
     h, w = image.shape[:2]
-    scale = min(size / h, size / w)
-    nh, nw = round(h * scale), round(w * scale)
-    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-    canvas = np.full((size, size, 3), 114, dtype=np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    canvas[top:top + nh, left:left + nw] = resized
-    return np.ascontiguousarray(canvas[..., ::-1].transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+    r = min(imgsz / h, imgsz / w)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    if (new_w, new_h) != (w, h):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    dw, dh = (imgsz - new_w) / 2, (imgsz - new_h) / 2
+    top, bottom = round(dh - 0.1), round(dh + 0.1)  # the same rounding as Ultralytics, pixel for pixel
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+
+
+def to_input(image: np.ndarray, imgsz: int) -> np.ndarray:
+    """A decoded BGR image as the exported model's input: letterboxed, RGB, /255, NCHW float32 of batch 1."""
+    rgb = letterbox(image, imgsz)[..., ::-1]
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -166,7 +173,7 @@ def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig
         raise ValueError(f"cannot read one of the benchmark images: {[str(p) for p in images]}")
 
     def end_to_end(i: int) -> None:
-        postprocess(infer(letterbox(decoded[i % len(decoded)], imgsz))[0])
+        postprocess(infer(to_input(decoded[i % len(decoded)], imgsz))[0])
 
     e2e = summarize(_timed(end_to_end, config)) if decoded else None
     memory = {"peak_rss_mb": round(_peak_rss_mb(), 1), "session_rss_mb": round(_rss_mb() - rss_before, 1)}
