@@ -156,6 +156,13 @@ def test_empty_val_split(capsys, tmp_path: Path, demo, dataset_copy: Path) -> No
     expect_bad_input(capsys, tmp_path, "holds no images", "--model", str(demo[0]), "--data", str(dataset_copy))
 
 
+def test_too_few_images_to_calibrate(capsys, tmp_path: Path, demo, dataset_copy: Path) -> None:
+    for image in sorted((dataset_copy.parent / "images" / "train").iterdir())[3:]:
+        image.unlink()
+    expect_bad_input(capsys, tmp_path, "has 3 images, too few to calibrate INT8 ranges", "--model", str(demo[0]),
+                     "--data", str(dataset_copy), "--imgsz", "64", "--quant", "ptq")
+
+
 # --- targets, output folder, recipe ------------------------------------------------------------------------------
 
 def test_unknown_target(capsys, tmp_path: Path) -> None:

@@ -21,11 +21,16 @@ LOG = logging.getLogger(__name__)
 # Activation ranges (minmax above all) are set by rare extremes; below a few hundred images they depend on
 # which images happened to be drawn. 300 is also NNCF's default subset size.
 RECOMMENDED_IMAGES = 300
+MIN_IMAGES = 8  # below this the ranges are little more than one image's: refuse rather than ship a blind model
 
 
 def select_images(data_yaml: str | Path, count: int, seed: int = 0) -> list[Path]:
     """A seeded uniform sample of `count` train images (all of them when there are fewer), warning below 300."""
     images = dataset_images(Path(data_yaml), "train")  # calibration data comes from the train split
+    if len(images) < MIN_IMAGES:
+        raise UserError(f"the train split of {data_yaml} has {len(images)} images, too few to calibrate INT8 "
+                        f"ranges (at least {MIN_IMAGES}, {RECOMMENDED_IMAGES} recommended); add images or use "
+                        f"--quant none")
     chosen = sorted(random.Random(seed).sample(images, count)) if count < len(images) else images
     if len(chosen) < RECOMMENDED_IMAGES:
         LOG.warning(
