@@ -77,16 +77,20 @@ def plot(stages: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for s in stages:
+    for i, s in enumerate(stages):
         x, y = s["benchmark"]["inference"]["p50_ms"], s["accuracy"]["map50_95"]
         ax.scatter(x, y, s=60)
+        # labels alternate above and below, so stages of equal accuracy do not print over each other
         ax.annotate(f"{s['name']}\n{s['benchmark']['file_mb']:.1f} MB", (x, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+                    xytext=(6, 6 if i % 2 == 0 else -24), fontsize=8)
+    maps = [s["accuracy"]["map50_95"] for s in stages]
+    middle, half = (max(maps) + min(maps)) / 2, max((max(maps) - min(maps)) * 0.75, 0.01)
+    ax.set_ylim(middle - half, middle + half)  # at least +-1 point: rounding noise must not look like a cliff
     ax.set_xlabel("inference latency p50 (ms, batch 1)")
     ax.set_ylabel("mAP50-95")
     ax.set_title("accuracy against latency, per stage")
     ax.grid(alpha=0.3)
-    ax.margins(0.25)
+    ax.margins(x=0.25)
     fig.tight_layout()
     tmp = path.with_name(f".tmp-{path.name}")
     fig.savefig(tmp, format="png")
