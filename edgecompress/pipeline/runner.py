@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,10 @@ class Runner:
                                lambda _: yolo.describe(model, recipe.imgsz))
         chain = [Artifact("baseline", checkpoint, "torch", "fp32", key, described.info)]
         if recipe.prune.enabled:
-            chain.append(self._train_step("prune", chain[-1], to_dict(recipe.prune),
-                                          lambda m, folder: prune(m, recipe.prune, str(data["yaml_file"]),
+            # channel counts that are not a multiple of the target's vector width buy it nothing
+            pruning = replace(recipe.prune, round_to=max(recipe.prune.round_to, target.channel_multiple))
+            chain.append(self._train_step("prune", chain[-1], to_dict(pruning),
+                                          lambda m, folder: prune(m, pruning, str(data["yaml_file"]),
                                                                   recipe.imgsz, recipe.device, folder)))
         if recipe.prune.enabled and recipe.finetune.epochs:  # fine-tuning recovers what pruning lost
             teacher = model if recipe.finetune.distill else None
