@@ -81,7 +81,7 @@ def test_killed_in_the_middle_of_fine_tuning_resumes_without_redoing_pruning(tmp
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     # after the first epoch has written its results, before the last one
-    while not list((out / "stages").glob(".tmp-finetune-*/work/**/results.csv")) and time.time() < deadline:
+    while not list((out / "stages").glob(".tmp-finetune-*/scratch/**/results.csv")) and time.time() < deadline:
         assert proc.poll() is None, "the run ended before fine-tuning was under way"
         time.sleep(0.05)
     proc.kill()

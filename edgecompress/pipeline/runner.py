@@ -215,9 +215,9 @@ class Runner:
         recipe = self.recipe
 
         def build(folder: Path) -> dict[str, Any]:
-            model, info = train(yolo.load_model(parent.path, self.trust), folder / "work")
+            model, info = train(yolo.load_model(parent.path, self.trust), folder / "scratch")
             yolo.save_checkpoint(model, folder / f"{name}.pt", half=False)
-            shutil.rmtree(folder / "work", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
+            shutil.rmtree(folder / "scratch", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
             return {"artifact": f"{name}.pt", "size": yolo.describe(model, recipe.imgsz), **info}
 
         entry = self._step(name, {"parent": parent.key, "config": config, "data": self.data_key,
@@ -255,10 +255,10 @@ class Runner:
     def _qat(self, source: Artifact, folder: Path) -> dict[str, Any]:
         recipe = self.recipe
         artifact, info = qat(yolo.load_model(source.path, self.trust), recipe.quant, self.target,
-                             str(self.data["yaml_file"]), recipe.imgsz, recipe.device, folder / "work")
+                             str(self.data["yaml_file"]), recipe.imgsz, recipe.device, folder / "scratch")
         dest = folder / artifact.name
         shutil.move(str(artifact), dest)
-        shutil.rmtree(folder / "work", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
+        shutil.rmtree(folder / "scratch", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
         return {"artifact": dest.name, **info}
 
     def _jetson(self, qdq: Artifact, export_folder: Path) -> Entry:
