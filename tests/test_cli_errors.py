@@ -46,34 +46,22 @@ def test_missing_checkpoint(capsys, tmp_path: Path, demo) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_checkpoint(capsys, tmp_path: Path, demo) -> None:
-    (tmp_path / "best.pt").touch()
-    expect_bad_input(capsys, tmp_path, "is empty", "--model", str(tmp_path / "best.pt"), "--data", str(demo[1]))
-
-
-def test_truncated_checkpoint(capsys, tmp_path: Path, demo) -> None:
+def _truncated(path: Path, demo: tuple[Path, Path]) -> None:
     data = demo[0].read_bytes()
-    (tmp_path / "best.pt").write_bytes(data[: len(data) // 2])
-    expect_bad_input(capsys, tmp_path, "is not a PyTorch checkpoint", "--model", str(tmp_path / "best.pt"),
-                     "--data", str(demo[1]))
+    path.write_bytes(data[: len(data) // 2])
 
 
-def test_not_a_checkpoint(capsys, tmp_path: Path, demo) -> None:
-    (tmp_path / "best.pt").write_text("this is not a pickle")
-    expect_bad_input(capsys, tmp_path, "is not a PyTorch checkpoint", "--model", str(tmp_path / "best.pt"),
-                     "--data", str(demo[1]))
-
-
-def test_checkpoint_without_a_model(capsys, tmp_path: Path, demo) -> None:
-    torch.save({"weights": torch.zeros(3)}, tmp_path / "best.pt")
-    expect_bad_input(capsys, tmp_path, "holds no Ultralytics model", "--model", str(tmp_path / "best.pt"),
-                     "--data", str(demo[1]))
-
-
-def test_not_a_pt_file(capsys, tmp_path: Path, demo) -> None:
-    (tmp_path / "best.onnx").write_text("x")
-    expect_bad_input(capsys, tmp_path, "is not a .pt file", "--model", str(tmp_path / "best.onnx"),
-                     "--data", str(demo[1]))
+@pytest.mark.parametrize(("name", "write", "message"), [
+    ("best.pt", lambda path, demo: path.touch(), "is empty"),
+    ("best.pt", _truncated, "is not a PyTorch checkpoint"),
+    ("best.pt", lambda path, demo: path.write_text("this is not a pickle"), "is not a PyTorch checkpoint"),
+    ("best.pt", lambda path, demo: torch.save({"weights": torch.zeros(3)}, path), "holds no Ultralytics model"),
+    ("best.onnx", lambda path, demo: path.write_text("x"), "is not a .pt file"),
+], ids=["empty", "truncated", "not-a-pickle", "no-model", "not-pt"])
+def test_bad_checkpoint_files(capsys, tmp_path: Path, demo, name: str, write, message: str) -> None:
+    path = tmp_path / name
+    write(path, demo)
+    expect_bad_input(capsys, tmp_path, message, "--model", str(path), "--data", str(demo[1]))
 
 
 @pytest.mark.parametrize(("cls", "cfg", "kind"), [
