@@ -1,6 +1,6 @@
 """The runner: stages in order, each cached by a hash of its inputs and config, then the report and the gates.
 
-load -> [prune] -> [fine-tune] -> export (FP32 ONNX) -> [quantize] -> convert (target runtime)
+load -> [prune -> fine-tune] -> export (FP32 ONNX) -> [OpenVINO FP32] -> [PTQ or QAT] -> [TensorRT bundle]
      -> evaluate + benchmark every artifact -> report
 """
 
@@ -66,7 +66,6 @@ class OutputFolder:
     """
 
     def __init__(self, path: Path, model: Path, log: Log) -> None:
-        self.path = path
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / f".write-test-{os.getpid()}"
