@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
+# ../shared beside the checkout; EDGECOMPRESS_SHARED points elsewhere (a copy carried to the lent GPU machine)
+SHARED = Path(os.environ.get("EDGECOMPRESS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def time_alternating(artifacts: dict[str, tuple[Path, str]], rounds: int = 3, runs: int = 100,

@@ -11,6 +11,7 @@ from torch import nn
 
 import edgecompress.pipeline.yolo as yolo  # first: Ultralytics must not write caches into the dataset
 from edgecompress.pipeline.config import ConfigError, from_dict
+from edgecompress.pipeline.finetune import FinetuneConfig
 from edgecompress.pipeline.prune import PruneConfig, prune, remove_blocks
 from edgecompress.pipeline.yolo_blocks import fold_blocks, split_blocks
 from ultralytics.nn.tasks import DetectionModel
@@ -82,6 +83,13 @@ def test_every_criterion_prunes(criterion, demo, tmp_path):
                          "cpu", tmp_path)
     assert info["after"]["parameters"] < 0.8 * info["before"]["parameters"]
     assert outputs(pruned, False) == outputs(build("yolov8n-demo", demo), False)
+
+
+def test_iterative_ratio_counts_channels_of_the_unpruned_model(demo, tmp_path):
+    once = prune(build("yolov8n-demo", demo), PruneConfig(ratio=0.5), str(demo[1]), IMGSZ, "cpu", tmp_path / "a")[1]
+    stepped = prune(build("yolov8n-demo", demo), PruneConfig(ratio=0.5, steps=3, step_finetune=FinetuneConfig(epochs=0)),
+                    str(demo[1]), IMGSZ, "cpu", tmp_path / "b")[1]
+    assert stepped["after"]["parameters"] == pytest.approx(once["after"]["parameters"], rel=0.03)
 
 
 def test_global_allocation_prunes_groups_unevenly(demo, tmp_path):

@@ -148,7 +148,8 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
             model, ft = finetune(model, config.step_finetune, data, imgsz, device, workdir / f"step{step}")
             step_info["finetune"] = ft
         if track:
-            step_info["map50_95"] = evaluate_model(model, data, imgsz, device, workdir / f"eval{step}")["map50_95"]
+            metrics = evaluate_model(model, data, imgsz, device, workdir / f"eval{step}")
+            step_info.update(map50=metrics["map50"], map50_95=metrics["map50_95"])
             step_info["map_drop_points"] = round(100 * (base_map - step_info["map50_95"]), 3)
         steps.append(step_info)
         if track and step_info["map_drop_points"] > config.max_map_drop:
@@ -179,8 +180,11 @@ def prune_step(model: DetectionModel, config: PruneConfig, data: str, imgsz: int
         target = base_gflops * (1 - config.flops * fraction)
         knob = _search(lambda k: _size(plan.apply(k, dry_run=True), imgsz)["gflops"], target,
                        config.flops_tolerance * target)
-    else:
-        knob = config.ratio * fraction if config.allocation != "threshold" else config.threshold
+    elif config.allocation == "threshold":
+        knob = config.threshold
+    else:  # `ratio` counts channels of the unpruned model; earlier steps already removed ratio * done of them
+        done = fraction - 1 / config.steps
+        knob = 1 - (1 - config.ratio * fraction) / (1 - config.ratio * done)
     pruned = plan.apply(knob)
     info = {"knob": round(knob, 5), **_size(pruned, imgsz), "groups": plan.report(pruned), "skipped": plan.skipped}
     if config.latency:

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The training half of BENCHMARKS.md's pruning numbers, on the lent GPU machine, in parallel lanes:
+#   ab: edgecompress's candidates at yolov8n-bccd -35% FLOPs;   c: the peer (Torch-Pruning's example recipe) at
+#   every sweep point, then the best candidate at the other points;   de: one-epoch fine-tuning of the unpruned
+#   model under several settings, and the 70%-in-6-steps iterative experiment (magnitude, group-regularised).
+# Results: $OUT/results.jsonl, lane logs, and the sweep's checkpoints in tars; latency (OpenVINO FP32) is then
+# measured on the CPU machine by `bench/prune_sweep.py` on the same --out, which reuses the finished points.
+# Needs what that machine lacks: wheels in .whl (ultralytics, torch-pruning, ultralytics-thop) and a copy of
+# ../shared (bccd, yolov8n-bccd.pt, yolo11n-bccd.pt) in .gpu/shared.
+set -u
+OUT=${OUT:-bench/results/gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD EDGECOMPRESS_SHARED=$PWD/.gpu/shared YOLO_OFFLINE=1 OMP_NUM_THREADS=3 \
+       PYTHONUNBUFFERED=1
+R=bench/results/prune_sweep_gpu
+S=(python3 bench/prune_sweep.py --device 0 --workers 3 --no-latency --out "$R" --jsonl "$OUT/results.jsonl")
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; } >> "$OUT/c.log"
+
+point() {  # log tar name:flops recipe: one sweep point; its checkpoint goes into the tar ('-' for none)
+  "${S[@]}" --points "$3" --recipes "$4" >> "$OUT/$1.log" 2>&1
+  local name=${3%%:*} flops=${3##*:}
+  [ "$2" = - ] || tar rf "$OUT/$2" "$R/$name-$(python3 -c "print(round($flops * 100))")-$4/model.pt"
+}
+
+(for r in ec-sensitivity ec-taylor; do point ab - yolov8n-bccd:0.35 $r; done) & A=$!
+(for r in ec-global ec-distill ec-depth; do point ab - yolov8n-bccd:0.35 $r; done) & B=$!
+(point c peer1.tar yolov8n-bccd:0.35 tp-example; point c peer1.tar yolov8n-bccd:0.20 tp-example
+ point c peer2.tar yolov8n-bccd:0.50 tp-example; point c peer2.tar yolo11n-bccd:0.35 tp-example) &
+("${S[@]}" --finetune-check --ft optimizer=AdamW,lr0=1e-4 --ft optimizer=AdamW,lr0=1e-5 \
+   --ft optimizer=SGD,lr0=1e-4 --ft optimizer=SGD,lr0=1e-3 --ft optimizer=SGD,lr0=1e-9 \
+   --ft optimizer=auto,lr0=0.01,lrf=0.01,warmup_epochs=3,close_mosaic=10 --ft optimizer=AdamW,lr0=1e-4,distill=6.0
+ "${S[@]}" --iterative l2) >> "$OUT/de.log" 2>&1 &
+"${S[@]}" --iterative group_norm >> "$OUT/de.log" 2>&1 &
+wait $A $B
+best=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import prune_sweep as p; from pathlib import Path
+print(p.best_recipe(Path('$R')))" 2>> "$OUT/c.log")
+echo "best candidate: $best" >> "$OUT/c.log"
+tar rf "$OUT/best1.tar" "$R/yolov8n-bccd-35-$best/model.pt"
+(point c best1.tar yolov8n-bccd:0.20 "$best"; point c best2.tar yolov8n-bccd:0.50 "$best"
+ point c best2.tar yolo11n-bccd:0.35 "$best") &
+wait
