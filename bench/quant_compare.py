@@ -1,9 +1,12 @@
 """INT8 side by side with Ultralytics' own int8 exports: mAP50-95 in each artifact's runtime and batch-1 latency.
 
-    YOLO_OFFLINE=1 nice -n 10 .venv/bin/python bench/quant_compare.py [--models yolov8n-bccd ...] [--out runs/quant_compare]
+    YOLO_OFFLINE=1 nice -n 10 .venv/bin/python bench/quant_compare.py [--models yolov8n-bccd ...]
+        [--targets onnx x86 jetson] [--x86 nncf qdq auto] [--out runs/quant_compare]
 
 Writes <out>/results.json and prints a Markdown table for BENCHMARKS.md. Latency: median of timed runs after
 warm-up, through edgecompress.targets.runtimes (the runtime's default threads), on a constant 640x640 input.
+`--targets x86` measures only the OpenVINO rows (ours and Ultralytics'); `--x86` picks our x86 quantizers
+(`quant.openvino_quantizer`), each a row `ours_x86_<quantizer>`.
 """
 
 from __future__ import annotations
@@ -24,17 +27,23 @@ from edgecompress.targets.runtimes import convert_onnx  # noqa: E402
 from common import SHARED, time_alternating  # noqa: E402
 
 MODELS = {"yolov8n-bccd": "bccd", "yolo11n-bccd": "bccd", "yolov8n-raccoon": "raccoon"}
+TARGETS_COMPARED = ("onnx", "x86", "jetson")
+# Ultralytics' exports: row -> (format, quantize, the target whose rows it is compared with)
+ULTRALYTICS = {"ul_ov_fp32": ("openvino", None, "x86"), "ul_ov_int8": ("openvino", 8, "x86"),
+               "ul_onnx_int8": ("onnx", 8, "onnx")}
 
 
-def ultralytics_exports(pt: Path, data: str, folder: Path) -> dict[str, Path]:
-    """Ultralytics' own FP32/INT8 exports (onnxruntime quantize_static and NNCF), beside a copy of the .pt."""
+def ultralytics_exports(pt: Path, data: str, folder: Path, keys: list[str]) -> dict[str, Path]:
+    """Ultralytics' own FP32/INT8 exports `keys` (of ULTRALYTICS: onnxruntime quantize_static and NNCF),
+    beside a copy of the .pt."""
     from ultralytics import YOLO
 
     local = folder / "ultralytics" / pt.name
     local.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(pt, local)
     out = {}
-    for key, fmt, q in (("ul_ov_fp32", "openvino", None), ("ul_ov_int8", "openvino", 8), ("ul_onnx_int8", "onnx", 8)):
+    for key in keys:
+        fmt, q, _ = ULTRALYTICS[key]
         args = {"format": fmt, "imgsz": 640, "batch": 1, "device": "cpu", "data": data}
         if q:
             args["quantize"] = q
@@ -46,7 +55,7 @@ def ultralytics_exports(pt: Path, data: str, folder: Path) -> dict[str, Path]:
     return out
 
 
-def run(name: str, out: Path) -> dict:
+def run(name: str, out: Path, targets: list[str], x86: list[str]) -> dict:
     data = str(SHARED / "datasets" / MODELS[name] / "data.yaml")
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,30 +72,32 @@ def run(name: str, out: Path) -> dict:
         print(name, key, rows[key], flush=True)
         (folder / "results.json").write_text(json.dumps(rows, indent=1))
 
-    if "ort_fp32" not in rows:
+    onnxruntime = bool({"onnx", "jetson"} & set(targets))  # jetson's accuracy proxy runs in onnxruntime
+    if onnxruntime and "ort_fp32" not in rows:
         record("ort_fp32", "onnxruntime", onnx_fp32)
-    if "ov_fp32" not in rows:
+    if "x86" in targets and "ov_fp32" not in rows:
         ov_fp32 = folder / f"{name}_openvino_model"
         convert_onnx("openvino", onnx_fp32, ov_fp32, metadata)
         record("ov_fp32", "openvino", ov_fp32)
-    if not {"ul_ov_fp32", "ul_ov_int8", "ul_onnx_int8"} <= set(rows):
-        for key, path in ultralytics_exports(SHARED / "models" / f"{name}.pt", data, folder).items():
-            record(key, "onnxruntime" if key == "ul_onnx_int8" else "openvino", path)
-    for key, target, config in (
-        # each with the issue's accuracy goal as its fallback budget (points of mAP50-95 against FP32)
+    missing = [key for key, (_, _, target) in ULTRALYTICS.items() if target in targets and key not in rows]
+    for key, path in ultralytics_exports(SHARED / "models" / f"{name}.pt", data, folder, missing).items():
+        record(key, "onnxruntime" if key == "ul_onnx_int8" else "openvino", path)
+    ours = [  # each with the issue's accuracy goal as its fallback budget (points of mAP50-95 against FP32)
         ("ours_onnx", "onnx", QuantConfig("ptq", max_map_drop=0.5)),
-        ("ours_x86_nncf", "x86", QuantConfig("ptq", openvino_quantizer="nncf", max_map_drop=0.5)),
-        ("ours_x86_qdq", "x86", QuantConfig("ptq", openvino_quantizer="qdq", max_map_drop=0.5)),
+        *[(f"ours_x86_{q}", "x86", QuantConfig("ptq", openvino_quantizer=q, max_map_drop=0.5)) for q in x86],
         ("ours_jetson_proxy", "jetson", QuantConfig("ptq", max_map_drop=0.7)),
-    ):
-        if key in rows:
+    ]
+    for key, target, config in ours:
+        if key in rows or target not in targets:
             continue
         t = TARGETS[target] if target in TARGETS else TARGETS["jetson-orin-nano"]
         artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of)
         runtime = "onnxruntime" if t.runtime == "tensorrt" else t.runtime  # jetson: accuracy proxy on the CPU
-        record(key, runtime, artifact, {"info": {k: info[k] for k in ("method", "scheme", "calibration_images",
-                                                                      "float_layers", "fallback_steps", "timings")}})
-    # all artifacts timed at the end, taking turns, so that each ratio is measured side by side
+        shown = ("method", "scheme", "calibration_images", "float_layers", "fallback_steps",
+                 "openvino_quantizer", "timings")
+        record(key, runtime, artifact, {"info": {k: info[k] for k in shown if k in info}})
+    # all artifacts timed at the end, taking turns, so that each ratio is measured side by side (rows an
+    # earlier run kept for other targets too)
     timing = time_alternating({key: (Path(row["artifact"]), row["runtime"]) for key, row in rows.items()}, runs=50)
     for key, row in rows.items():
         row["latency_ms"] = timing[key]["p50_ms"]
@@ -96,21 +107,31 @@ def run(name: str, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--targets", nargs="+", choices=TARGETS_COMPARED, default=list(TARGETS_COMPARED),
+                        help="the targets whose rows to measure (x86: the OpenVINO rows)")
+    parser.add_argument("--x86", nargs="+", choices=["nncf", "qdq", "auto"], default=["nncf", "qdq", "auto"],
+                        help="our x86 quantizers (quant.openvino_quantizer), a row each")
     parser.add_argument("--out", type=Path, default=Path("runs/quant_compare"))
     args = parser.parse_args()
     machine = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
     results = {"machine": machine, "models": {}}
     for name in args.models:
-        results["models"][name] = run(name, args.out)
+        results["models"][name] = run(name, args.out, args.targets, args.x86)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
     for name, rows in results["models"].items():
-        print(f"\n### {name}\n\n| artifact | runtime | mAP50-95 | Δ vs FP32 (points) | latency ms | speed-up vs FP32 |")
-        print("|---|---|---|---|---|---|")
+        print(f"\n### {name}\n\n| artifact | runtime | mAP50-95 | Δ vs FP32 (points) | latency ms "
+              f"| speed-up vs FP32 | time / Ultralytics INT8's |")
+        print("|---|---|---|---|---|---|---|")
         for key, row in rows.items():
             base = rows["ov_fp32" if row["runtime"] == "openvino" else "ort_fp32"]
+            ul = rows.get("ul_ov_int8" if row["runtime"] == "openvino" else "ul_onnx_int8")
+            vs_ul = f"{row['latency_ms'] / ul['latency_ms']:.2f}x" if ul else "—"
             print(f"| {key} | {row['runtime']} | {row['map50_95']:.4f} | {100 * (row['map50_95'] - base['map50_95']):+.2f}"
-                  f" | {row['latency_ms']:.1f} | {base['latency_ms'] / row['latency_ms']:.2f}x |")
+                  f" | {row['latency_ms']:.1f} | {base['latency_ms'] / row['latency_ms']:.2f}x | {vs_ul} |")
+        for key, row in rows.items():
+            if choice := row.get("info", {}).get("openvino_quantizer"):
+                print(f"\n{key}: {choice['reason']}")
 
 
 if __name__ == "__main__":

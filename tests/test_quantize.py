@@ -1,6 +1,9 @@
-"""PTQ: config validation, TensorRT rule validator, QDQ models in real runtimes, accuracy-aware fallback."""
+"""PTQ: config validation, TensorRT rule validator, QDQ models in real runtimes, accuracy-aware fallback, and
+x86's choice between NNCF and OpenVINO reading our QDQ ONNX."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import onnx
@@ -11,8 +14,9 @@ from tiny_models import detector, ramp_inputs
 from edgecompress.calibration import estimate_ranges
 from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
 from edgecompress.pipeline.config import ConfigError, from_dict
-from edgecompress.pipeline.quantize import QuantConfig, Scheme, accuracy_aware, quantize_qdq
-from edgecompress.targets import tensorrt_rules
+from edgecompress.pipeline.quantize import (Candidate, QuantConfig, Scheme, accuracy_aware, choose_quantizer,
+                                            quantize, quantize_qdq)
+from edgecompress.targets import TARGETS, tensorrt_rules
 from edgecompress.targets.runtimes import RUNTIMES, convert_onnx
 
 DECODE = ["/model.1/Sigmoid", "/model.1/Mul"]
@@ -39,6 +43,9 @@ def test_config_from_dict_nested_and_errors_name_the_value():
         QuantConfig(percentile=101)
     with pytest.raises(ConfigError, match="lr0 .* got 0.5.*write e.g. 0.0001"):
         from_dict(QuantConfig, {"qat": {"lr0": 0.5}}, "quant")
+    assert QuantConfig().openvino_quantizer == "auto"
+    with pytest.raises(ConfigError, match="quantizer 'both' is unknown; write one of auto, nncf, qdq"):
+        QuantConfig(openvino_quantizer="both")
 
 
 def test_tensorrt_artifact_passes_and_keeps_metadata(fp32, tmp_path):
@@ -167,3 +174,50 @@ def test_fallback_stops_once_the_budget_holds(fp32, tmp_path):
     built.clear()
     _, info = accuracy_aware(build, score, ranking, 1.0, int8_drop + 1, max_float=3)
     assert built == [[]] and info["float_layers"] == []  # within budget at once: nothing kept in float
+
+
+def test_x86_choice_keeps_the_only_candidate_within_budget_else_the_faster_else_the_more_accurate():
+    # yolov8n-raccoon's measured figures (BENCHMARKS.md): NNCF faster but 0.72 points down, the QDQ ONNX +1.40
+    raccoon = {"nncf": Candidate(0.4353, 0.72, False, 20.1), "qdq": Candidate(0.4565, -1.40, True, 25.1)}
+    chosen, reason = choose_quantizer(raccoon, 0.5)
+    assert chosen == "qdq" and reason == ("qdq: the only candidate within the 0.5-point budget "
+                                          "(nncf -0.72 points, 20.1 ms; qdq +1.40 points, 25.1 ms)")
+    assert choose_quantizer(dict(reversed(raccoon.items())), 0.5)[0] == "qdq"  # not the first, not the faster
+    both = {"nncf": Candidate(0.6011, 0.32, True, 30.6), "qdq": Candidate(0.6010, 0.33, True, 39.4)}
+    assert choose_quantizer(both, 0.5) == ("nncf", "nncf: both within the 0.5-point budget; the faster "
+                                                   "(nncf -0.32 points, 30.6 ms; qdq -0.33 points, 39.4 ms)")
+    slower_nncf = {"nncf": Candidate(0.6011, 0.32, True, 41.0), "qdq": Candidate(0.6010, 0.33, True, 39.4)}
+    assert choose_quantizer(slower_nncf, 0.5)[0] == "qdq"
+    neither = {"nncf": Candidate(0.40, 4.0, False, 20.0), "qdq": Candidate(0.41, 3.0, False, 25.0)}
+    chosen, reason = choose_quantizer(neither, 0.5)
+    assert chosen == "qdq" and "neither within" in reason
+
+
+def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
+    """A real x86 `auto` PTQ of the demo at 96 px: both candidates built, evaluated and timed in OpenVINO."""
+    from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model
+
+    checkpoint, data = demo
+    imgsz = 96
+
+    def map50_95(artifact):
+        return evaluate(artifact, data, imgsz, "val", 0.001, 0.7, "cpu", tmp_path / "val")["map50_95"]
+
+    (tmp_path / "export").mkdir()
+    fp32, _ = export_onnx(load_model(checkpoint), imgsz, tmp_path / "export", "model")
+    config = QuantConfig(calibration_images=8, max_float_layers=0, max_map_drop=1.0)
+    artifact, info = quantize(fp32, config, TARGETS["x86"], str(data), imgsz, tmp_path / "q", map50_95)
+
+    choice = info["openvino_quantizer"]
+    candidates = {name: Candidate(**figures) for name, figures in choice["candidates"].items()}
+    assert choice["setting"] == "auto" and list(candidates) == ["nncf", "qdq"]
+    assert all(c.latency_ms > 0 and 0 < c.map50_95 <= 1 for c in candidates.values())
+    assert (choice["chosen"], choice["reason"]) == choose_quantizer(candidates, 1.0)
+    kept = candidates[choice["chosen"]]
+    assert info["quantizer"] == {"nncf": "nncf", "qdq": "onnxruntime"}[choice["chosen"]]
+    assert (info["int8_map50_95"], info["drop_points"]) == (kept.map50_95, kept.drop_points)
+    assert json.loads((tmp_path / "q" / "quantize.json").read_text())["openvino_quantizer"] == choice
+    # the kept candidate is workdir's one artifact: it loads in Ultralytics and scores what it did when chosen
+    assert artifact == tmp_path / "q" / "model_int8_openvino_model" and (artifact / "metadata.yaml").is_file()
+    assert not list((tmp_path / "q").glob("candidate-*"))
+    assert map50_95(artifact) == kept.map50_95

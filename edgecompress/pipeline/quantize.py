@@ -2,18 +2,22 @@
 
 PTQ works on the exported FP32 ONNX and needs no torch: onnxruntime's QDQ quantizer applies the ranges that
 edgecompress.calibration estimated (onnx, arm, jetson, and x86 when `openvino_quantizer: qdq`), or NNCF
-quantizes the OpenVINO model (x86). QAT fine-tunes with fake quantization (NVIDIA modelopt) through the fine-tune
-stage's Ultralytics trainer (see `qat`); torch and ultralytics are imported only there.
+quantizes the OpenVINO model (x86, `openvino_quantizer: nncf`); x86's default `auto` builds both and keeps the
+better by measured accuracy, then latency. QAT fine-tunes with fake quantization (NVIDIA modelopt) through the
+fine-tune stage's Ultralytics trainer (see `qat`); torch and ultralytics are imported only there.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import shutil
+import statistics
 import time
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import onnx
 
+from edgecompress.bench import BenchConfig, measure
 from edgecompress.calibration import METHODS, Method, Ranges, batches, estimate_ranges, select_images
 from edgecompress.calibration.graph import head_decode_nodes, head_scope
 from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
@@ -35,7 +40,15 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 QuantMode = Literal["none", "ptq", "qat"]
+# x86 INT8: both candidates built and the better kept, NNCF on the OpenVINO model, or OpenVINO reading our QDQ
+# ONNX. Neither wins everywhere: on yolov8n-bccd NNCF was faster at equal accuracy, on yolov8n-raccoon it lost
+# 0.72 mAP50-95 points where the QDQ ONNX gained (BENCHMARKS.md).
+OpenVINOQuantizer = Literal["auto", "nncf", "qdq"]
 SENSITIVITY_IMAGES = 8  # enough to rank layers by quantization noise; the ranking only orders the fallback
+# Choosing between two x86 candidates that both hold the budget: a short timing, the candidates taking turns
+# for a few rounds so that a shared machine's noise hits both alike; median of the rounds' medians.
+CHOICE_TIMING = BenchConfig(warmup=3, runs=25, max_seconds=10.0)
+CHOICE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,7 @@ class QuantConfig:
     seed: int = 0
     max_map_drop: float = 1.0  # mAP50-95 points the INT8 model may lose before layers fall back to float
     max_float_layers: int = 16  # the fallback keeps at most this many layers in float
-    openvino_quantizer: Literal["nncf", "qdq"] = "nncf"  # x86: NNCF on the IR, or OpenVINO reading our QDQ ONNX
+    openvino_quantizer: OpenVINOQuantizer = "auto"  # x86: both, the better kept; NNCF on the IR; our QDQ ONNX
     qat: QATConfig = field(default_factory=QATConfig)
 
     def __post_init__(self) -> None:
@@ -84,6 +97,10 @@ class QuantConfig:
                 f"quant.calibration_images must be >= 1, got {self.calibration_images}; write e.g. 300")
         require(self.max_map_drop >= 0, f"quant.max_map_drop must be >= 0 points, got {self.max_map_drop}")
         require(self.max_float_layers >= 0, f"quant.max_float_layers must be >= 0, got {self.max_float_layers}")
+        choices = typing.get_args(OpenVINOQuantizer)
+        require(self.openvino_quantizer in choices,
+                f"quant.openvino_quantizer {self.openvino_quantizer!r} is unknown; "
+                f"write one of {', '.join(choices)}")
 
     @property
     def enabled(self) -> bool:
@@ -130,28 +147,30 @@ class _Int8Builder:
     imgsz: int
     ranges: Ranges | None  # None with NNCF, which estimates its own
     decode: list[str]  # the head's decode, always float
-    workdir: Path
+    workdir: Path  # shared by the candidates: the calibrated ranges and the FP32 OpenVINO model NNCF reads
+    outdir: Path  # this builder's artifacts
 
     @classmethod
     def prepare(cls, onnx_fp32: Path, config: QuantConfig, target: Target, data: str, imgsz: int,
-                workdir: Path) -> _Int8Builder:
+                workdir: Path, nncf: bool, outdir: Path | None = None) -> _Int8Builder:
         scheme = _scheme(target, config)
-        workdir.mkdir(parents=True, exist_ok=True)
-        nncf = target.int8.quantizer == "nncf" and config.openvino_quantizer == "nncf"
+        outdir = outdir or workdir
+        outdir.mkdir(parents=True, exist_ok=True)
         images = select_images(data, config.calibration_images, config.seed)
         ranges = None if nncf else _cached_ranges(onnx_fp32, images, imgsz, config, scheme, workdir)
         decode = head_decode_nodes(onnx.load(str(onnx_fp32), load_external_data=False))
-        return cls(onnx_fp32, target, scheme, nncf, images, imgsz, ranges, decode, workdir)
+        return cls(onnx_fp32, target, scheme, nncf, images, imgsz, ranges, decode, workdir, outdir)
 
     def __call__(self, keep_float: Sequence[str]) -> Path:
         if self.nncf:
-            return _nncf_openvino(self.onnx_fp32, self.images, self.imgsz, keep_float, self.workdir)
-        qdq = quantize_qdq(self.onnx_fp32, self.ranges, self.workdir / f"{self.onnx_fp32.stem}_int8.onnx",
+            return _nncf_openvino(self.onnx_fp32, self.images, self.imgsz, keep_float, self.workdir,
+                                  self.outdir)
+        qdq = quantize_qdq(self.onnx_fp32, self.ranges, self.outdir / f"{self.onnx_fp32.stem}_int8.onnx",
                            self.scheme, [*self.decode, *keep_float])
         if self.target.int8.validator == "tensorrt":
             tensorrt_rules.check(onnx.load(str(qdq)))
         if self.target.runtime == "openvino":
-            dest = self.workdir / f"{self.onnx_fp32.stem}_int8_openvino_model"
+            dest = self.outdir / f"{self.onnx_fp32.stem}_int8_openvino_model"
             _qdq_to_openvino(qdq, dest, self.onnx_fp32.parent / "metadata.yaml")
             return dest
         return qdq
@@ -170,29 +189,44 @@ def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, im
     beside it that OpenVINO artifacts must carry — see edgecompress/targets/runtimes.py convert_onnx) for `target`.
     Returns the target's artifact (QDQ ONNX for onnxruntime/jetson — keep the ONNX metadata_props so
     `ultralytics.YOLO(artifact)` loads it; an OpenVINO IR folder named `*_openvino_model` with metadata.yaml for x86)
-    and a JSON-able info dict (method, scheme, calibration images, fallback layers kept in float, timings).
+    and a JSON-able info dict (method, scheme, calibration images, fallback layers kept in float, timings; on
+    x86 also which quantizer was kept and why, see `choose_quantizer`).
     `evaluate(artifact) -> mAP50-95` measures a candidate in its runtime; use it for the accuracy-aware fallback."""
     onnx_fp32, workdir = Path(onnx_fp32), Path(workdir)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    build = _Int8Builder.prepare(onnx_fp32, config, target, data, imgsz, workdir)
+    names = _quantizers(config, target)
+    # Two candidates build artifacts of the same names, so each gets a folder; the one kept moves up.
+    builds = {name: _Int8Builder.prepare(onnx_fp32, config, target, data, imgsz, workdir, nncf=name == "nncf",
+                                         outdir=_candidate_dir(workdir, name) if len(names) > 1 else None)
+              for name in names}
     timings["calibrate_s"] = round(time.perf_counter() - clock, 1)
+    first = next(iter(builds.values()))  # the candidates share images, scheme and decode
 
+    @functools.cache  # computed only when a fallback needs it, and once for both candidates
     def ranking() -> list[tuple[str, float]]:
         clock = time.perf_counter()
         # NNCF needs no ranges of ours, but the ranking does
-        used = build.ranges or _cached_ranges(onnx_fp32, build.images, imgsz, config, build.scheme, workdir)
-        sqnr = tensor_sqnr(onnx_fp32, used, batches(build.images[:SENSITIVITY_IMAGES], imgsz))
+        used = _cached_ranges(onnx_fp32, first.images, imgsz, config, first.scheme, workdir)
+        sqnr = tensor_sqnr(onnx_fp32, used, batches(first.images[:SENSITIVITY_IMAGES], imgsz))
         candidates = [n.name for n in onnx.load(str(onnx_fp32), load_external_data=False).graph.node
-                      if n.name not in set(build.decode) and n.op_type not in ("Constant", "Shape")]
+                      if n.name not in set(first.decode) and n.op_type not in ("Constant", "Shape")]
         timings["sensitivity_s"] = round(time.perf_counter() - clock, 1)
         return rank_nodes(onnx_fp32, sqnr, candidates)
 
     clock = time.perf_counter()
     baseline = evaluate(_fp32_artifact(onnx_fp32, target.runtime, workdir))
-    artifact, fallback = accuracy_aware(build, evaluate, ranking, baseline, config.max_map_drop,
-                                        config.max_float_layers)
+    results = {name: accuracy_aware(build, evaluate, ranking, baseline, config.max_map_drop,
+                                    config.max_float_layers) for name, build in builds.items()}
     timings["quantize_and_evaluate_s"] = round(time.perf_counter() - clock, 1)
+    chosen, artifact = names[0], results[names[0]][0]
+    choice = {"setting": config.openvino_quantizer, "chosen": chosen,
+              "reason": "set by quant.openvino_quantizer"}
+    if len(results) > 1:
+        clock = time.perf_counter()
+        chosen, artifact, choice = _keep_better(results, config, imgsz, workdir)
+        timings["choose_s"] = round(time.perf_counter() - clock, 1)
+    build, fallback = builds[chosen], results[chosen][1]
     info = {
         "mode": "ptq",
         "quantizer": "nncf" if build.nncf else "onnxruntime",
@@ -203,10 +237,77 @@ def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, im
         "head_decode_float": build.decode,
         "fp32_map50_95": baseline,
         **fallback,
+        **({"openvino_quantizer": choice} if target.int8.quantizer == "nncf" else {}),  # only x86 chooses
         "timings": timings,
     }
     (workdir / "quantize.json").write_text(json.dumps(info, indent=1))
     return artifact, info
+
+
+def _quantizers(config: QuantConfig, target: Target) -> list[str]:
+    """The INT8 candidates to build: "nncf" (NNCF on the OpenVINO model) and/or "qdq" (our QDQ ONNX, which
+    OpenVINO reads on x86). Only x86 has the choice; `auto` builds both, NNCF first."""
+    if target.int8 is None or target.int8.quantizer != "nncf":
+        return ["qdq"]
+    return ["nncf", "qdq"] if config.openvino_quantizer == "auto" else [config.openvino_quantizer]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One x86 INT8 candidate as measured: mAP50-95, its drop against FP32, and its OpenVINO latency."""
+
+    map50_95: float
+    drop_points: float
+    within_budget: bool
+    latency_ms: float
+
+
+def choose_quantizer(candidates: Mapping[str, Candidate], budget: float) -> tuple[str, str]:
+    """The candidate to keep, and why: the only one within the budget; if both are, the faster (accuracy
+    within the budget is what was asked for, so speed decides); if neither is, the more accurate."""
+    within = [name for name, c in candidates.items() if c.within_budget]
+    if len(within) == 1:
+        chosen, why = within[0], f"the only candidate within the {budget}-point budget"
+    elif within:
+        chosen = min(within, key=lambda n: candidates[n].latency_ms)
+        why = f"both within the {budget}-point budget; the faster"
+    else:
+        chosen = max(candidates, key=lambda n: candidates[n].map50_95)
+        why = f"neither within the {budget}-point budget; the more accurate"
+    measured = "; ".join(f"{name} {-c.drop_points:+.2f} points, {c.latency_ms:.1f} ms"
+                         for name, c in candidates.items())
+    return chosen, f"{chosen}: {why} ({measured})"
+
+
+def _keep_better(results: Mapping[str, tuple[Path, dict]], config: QuantConfig, imgsz: int,
+                 workdir: Path) -> tuple[str, Path, dict[str, Any]]:
+    """Time the x86 candidates and keep the better (`choose_quantizer`): its name, its artifact moved up into
+    workdir (the other candidate's folder is deleted), and the choice with both candidates' figures."""
+    latency = _latency_ms({name: artifact for name, (artifact, _) in results.items()}, imgsz)
+    candidates = {name: Candidate(fallback["int8_map50_95"], fallback["drop_points"],
+                                  fallback["within_budget"], latency[name])
+                  for name, (_, fallback) in results.items()}
+    chosen, reason = choose_quantizer(candidates, config.max_map_drop)
+    LOG.info("x86 INT8 quantizer %s", reason)
+    kept = workdir / results[chosen][0].name
+    _replace(results[chosen][0], kept)
+    for name in results:
+        shutil.rmtree(_candidate_dir(workdir, name))
+    return chosen, kept, {"setting": config.openvino_quantizer, "chosen": chosen, "reason": reason,
+                          "candidates": {name: asdict(c) for name, c in candidates.items()}}
+
+
+def _candidate_dir(workdir: Path, name: str) -> Path:
+    return workdir / f"candidate-{name}"
+
+
+def _latency_ms(artifacts: Mapping[str, Path], imgsz: int) -> dict[str, float]:
+    """Each OpenVINO artifact's median inference latency, median over CHOICE_ROUNDS rounds taking turns."""
+    p50s: dict[str, list[float]] = {name: [] for name in artifacts}
+    for _ in range(CHOICE_ROUNDS):
+        for name, artifact in artifacts.items():
+            p50s[name].append(measure(artifact, "openvino", imgsz, CHOICE_TIMING, [])["inference"]["p50_ms"])
+    return {name: round(statistics.median(times), 3) for name, times in p50s.items()}
 
 
 def qat(model: DetectionModel, config: QuantConfig, target: Target, data: str, imgsz: int, device: str,
@@ -266,7 +367,9 @@ def qat_export(trained: DetectionModel, config: QuantConfig, target: Target, dat
     plain = deepcopy(trained)
     strip_qat(plain)  # the plain layers with the trained weights
     onnx_fp32, _ = export_onnx(plain, imgsz, workdir / "fp32", "model")
-    build = _Int8Builder.prepare(onnx_fp32, config, target, data, imgsz, workdir)
+    # QAT has no evaluation to choose by: x86's `auto` takes NNCF, the x86 quantizer before `auto` existed
+    build = _Int8Builder.prepare(onnx_fp32, config, target, data, imgsz, workdir,
+                                 nncf=_quantizers(config, target)[0] == "nncf")
     artifact = build([])
     return artifact, {
         "mode": "qat",
@@ -400,8 +503,9 @@ def _qdq_to_openvino(qdq: Path, dest: Path, metadata_yaml: Path) -> None:
 
 
 def _nncf_openvino(onnx_fp32: Path, images: Sequence[Path], imgsz: int, keep_float: Sequence[str],
-                   workdir: Path) -> Path:
-    """NNCF post-training quantization of the OpenVINO model, the head's decode and `keep_float` ignored."""
+                   workdir: Path, outdir: Path) -> Path:
+    """NNCF post-training quantization of the OpenVINO model (workdir's FP32 IR, converted once), the head's
+    decode and `keep_float` ignored; the IR goes into outdir."""
     import nncf
     import openvino as ov
 
@@ -414,7 +518,7 @@ def _nncf_openvino(onnx_fp32: Path, images: Sequence[Path], imgsz: int, keep_flo
     ignored = nncf.IgnoredScope(patterns=[rf"^{re.escape(scope)}(?!cv[23]\.\d+/)"], names=names, validate=False)
     quantized = nncf.quantize(model, nncf.Dataset(list(batches(images, imgsz))), preset=nncf.QuantizationPreset.MIXED,
                               subset_size=len(images), ignored_scope=ignored)
-    dest = workdir / f"{onnx_fp32.stem}_int8_openvino_model"
+    dest = outdir / f"{onnx_fp32.stem}_int8_openvino_model"
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

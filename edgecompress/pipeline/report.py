@@ -122,7 +122,8 @@ def stage_details(stage: dict[str, Any]) -> list[str]:
                 f"images, activations {info['scheme']['activations']}, weights {info['scheme']['weights']}; "
                 f"{-info['drop_points']:+.2f} mAP50-95 points against FP32 in this runtime (budget "
                 f"-{info['budget_points']}); "
-                f"head decode in float; layers kept in float by the fallback: {floats}"]
+                f"head decode in float; layers kept in float by the fallback: {floats}"
+                + (f"; x86 quantizer {c['reason']}" if (c := info.get("openvino_quantizer")) else "")]
     if "epochs_log" in info:
         return [f"- **{name}**: {info['config']['epochs']} epochs in {info['seconds']:.0f} s"]
     if "trtexec" in info:
