@@ -11,10 +11,10 @@ set -u
 OUT=${OUT:-bench/results/gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD EDGECOMPRESS_SHARED=$PWD/.gpu/shared YOLO_OFFLINE=1 OMP_NUM_THREADS=3 \
+export PYTHONPATH=/tmp/site:$PWD EDGECOMPRESS_SHARED=$PWD/.gpu/shared YOLO_OFFLINE=1 OMP_NUM_THREADS=2 \
        PYTHONUNBUFFERED=1
 R=bench/results/prune_sweep_gpu
-S=(python3 bench/prune_sweep.py --device 0 --workers 3 --no-latency --out "$R" --jsonl "$OUT/results.jsonl")
+S=(python3 bench/prune_sweep.py --device 0 --workers 2 --no-latency --out "$R" --jsonl "$OUT/results.jsonl")
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; } >> "$OUT/c.log"
 
 point() {  # log tar name:flops recipe: one sweep point; its checkpoint goes into the tar ('-' for none)
@@ -23,16 +23,20 @@ point() {  # log tar name:flops recipe: one sweep point; its checkpoint goes int
   [ "$2" = - ] || tar rf "$OUT/$2" "$R/$name-$(python3 -c "print(round($flops * 100))")-$4/model.pt"
 }
 
-(for r in ec-sensitivity ec-taylor; do point ab - yolov8n-bccd:0.35 $r; done) & A=$!
-(for r in ec-global ec-distill ec-depth; do point ab - yolov8n-bccd:0.35 $r; done) & B=$!
+(for r in ec-sensitivity ec-taylor-sensitivity; do point ab - yolov8n-bccd:0.35 $r; done) & A=$!
+(for r in ec-taylor ec-taylor-gentle ec-global; do point ab - yolov8n-bccd:0.35 $r; done) & B=$!
+(for r in ec-taylor-adamw ec-distill ec-depth; do point ab - yolov8n-bccd:0.35 $r; done) & C=$!
 (point c peer1.tar yolov8n-bccd:0.35 tp-example; point c peer1.tar yolov8n-bccd:0.20 tp-example
  point c peer2.tar yolov8n-bccd:0.50 tp-example; point c peer2.tar yolo11n-bccd:0.35 tp-example) &
 ("${S[@]}" --finetune-check --ft optimizer=AdamW,lr0=1e-4 --ft optimizer=AdamW,lr0=1e-5 \
-   --ft optimizer=SGD,lr0=1e-4 --ft optimizer=SGD,lr0=1e-3 --ft optimizer=SGD,lr0=1e-9 \
+   --ft optimizer=SGD,lr0=1e-4 --ft optimizer=SGD,lr0=1e-9 \
    --ft optimizer=auto,lr0=0.01,lrf=0.01,warmup_epochs=3,close_mosaic=10 --ft optimizer=AdamW,lr0=1e-4,distill=6.0
- "${S[@]}" --iterative l2) >> "$OUT/de.log" 2>&1 &
-"${S[@]}" --iterative group_norm >> "$OUT/de.log" 2>&1 &
-wait $A $B
+ ) >> "$OUT/de.log" 2>&1 &
+"${S[@]}" --finetune-check --ft optimizer=AdamW,lr0=1e-4,seed=1 --ft optimizer=AdamW,lr0=1e-4,seed=2 \
+   --ft optimizer=SGD,lr0=1e-9,seed=1 --ft optimizer=AdamW,lr0=1e-5,seed=1 >> "$OUT/de.log" 2>&1 &
+for c in l2 group_norm; do "${S[@]}" --iterative $c --iterative-finetune adamw >> "$OUT/de.log" 2>&1 & done
+"${S[@]}" --iterative l2 --iterative-finetune peer >> "$OUT/de.log" 2>&1 &
+wait $A $B $C
 best=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import prune_sweep as p; from pathlib import Path
 print(p.best_recipe(Path('$R')))" 2>> "$OUT/c.log")
 echo "best candidate: $best" >> "$OUT/c.log"

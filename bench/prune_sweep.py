@@ -49,6 +49,10 @@ DATA = SHARED / "datasets" / "bccd" / "data.yaml"
 # Ultralytics' default training hyperparameters (optimizer auto, 3 warm-up epochs, lr0 0.01, lrf 0.01, mosaic
 # closed for the last 10 epochs).
 PEER_FINETUNE = dict(optimizer="auto", lr0=0.01, lrf=0.01, warmup_epochs=3.0, mosaic=1.0, close_mosaic=10)
+# AdamW at Ultralytics' 'auto' rate without its warm-up (which starts the biases at lr 0.1), mosaic closed for the
+# last epoch; and the fine-tune stage's own defaults (gentle: they must not harm an unpruned model)
+ADAMW_FINETUNE = dict(optimizer="AdamW", lr0=1e-3, lrf=0.1, warmup_epochs=0.0, mosaic=1.0, close_mosaic=1)
+FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "defaults": {}}
 # edgecompress's candidates: the same fine-tuning, with what edgecompress adds to the pruning (other criteria
 # and allocations, depth) or distillation from the unpruned model (Ultralytics' own DistillationModel, its default
 # loss weight 6.0). `--recipes best` runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel
@@ -60,6 +64,9 @@ RECIPES = {
     "ec-distill": (dict(EC, criterion="l2", allocation="uniform"), dict(PEER_FINETUNE, distill=6.0), True),
     "ec-sensitivity": (dict(EC, criterion="l2", allocation="sensitivity"), PEER_FINETUNE, False),
     "ec-taylor": (dict(EC, criterion="taylor", allocation="uniform"), PEER_FINETUNE, False),
+    "ec-taylor-sensitivity": (dict(EC, criterion="taylor", allocation="sensitivity"), PEER_FINETUNE, False),
+    "ec-taylor-adamw": (dict(EC, criterion="taylor", allocation="uniform"), ADAMW_FINETUNE, False),
+    "ec-taylor-gentle": (dict(EC, criterion="taylor", allocation="uniform"), FINETUNES["defaults"], False),
     "ec-global": (dict(EC, criterion="l2", allocation="global"), PEER_FINETUNE, False),
     "ec-depth": (dict(EC, criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE, False),
 }
@@ -128,12 +135,12 @@ def finetune_check(imgsz: int, out: Path, settings: dict, device: str, epochs: i
     return result
 
 
-def iterative(criterion: str, imgsz: int, out: Path, device: str, workers: int, ratio: float = 0.7,
+def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str, workers: int, ratio: float = 0.7,
               steps: int = 6, epochs: int = 2) -> dict:
     """The seed worklog's experiment: `ratio` of every group's channels removed in `steps` equal steps, `epochs`
-    of fine-tuning (the peer's schedule) after each; mAP and parameters after every step's fine-tune."""
-    folder = out / f"iterative-{criterion}"
-    step_ft = FinetuneConfig(epochs=epochs, workers=workers, **PEER_FINETUNE)
+    of fine-tuning (FINETUNES[schedule]) after each; mAP and parameters after every step's fine-tune."""
+    folder = out / f"iterative-{criterion}-{schedule}"
+    step_ft = FinetuneConfig(epochs=epochs, workers=workers, **FINETUNES[schedule])
     config = PruneConfig(ratio=ratio, steps=steps, criterion=criterion, step_finetune=step_ft, max_map_drop=100.0,
                          sparse_epochs=epochs if criterion == "group_norm" else 0)
     model = yolo.load_model(MODELS / "yolov8n-bccd.pt")
@@ -148,7 +155,7 @@ def iterative(criterion: str, imgsz: int, out: Path, device: str, workers: int, 
     rows += [{"step": i, "channels_removed": round(ratio * i / steps, 3), "parameters": s["parameters"],
               "gflops": s["gflops"], "map50": s["map50"], "map50_95": s["map50_95"]}
              for i, s in enumerate(info["steps"], 1)]
-    result = {"experiment": "iterative", "criterion": criterion, "epochs_per_step": epochs,
+    result = {"experiment": "iterative", "criterion": criterion, "schedule": schedule, "epochs_per_step": epochs,
               "sparse_training": info.get("sparse_training", {}).get("config"), "rows": rows}
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -233,6 +240,7 @@ def main() -> None:
     parser.add_argument("--ft", action="append", default=[],
                         help="FinetuneConfig settings for --finetune-check: key=value,... (repeat for several)")
     parser.add_argument("--iterative", choices=("l2", "group_norm"), help="only: the 70%%-in-6-steps experiment")
+    parser.add_argument("--iterative-finetune", choices=tuple(FINETUNES), default="peer")
     parser.add_argument("--device", default="cpu", help="where pruning scores, fine-tuning and mAP run")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers while fine-tuning")
     parser.add_argument("--jsonl", type=Path, help="also append every finished result to this file, one line each")
@@ -254,7 +262,7 @@ def main() -> None:
             emit(finetune_check(args.imgsz, args.out, settings, args.device))
         return
     if args.iterative:
-        emit(iterative(args.iterative, args.imgsz, args.out, args.device, args.workers))
+        emit(iterative(args.iterative, args.iterative_finetune, args.imgsz, args.out, args.device, args.workers))
         return
     points = [(p.split(":")[0], float(p.split(":")[1])) for p in args.points.split(",")]
     recipes = [best_recipe(args.out) if r == "best" else r for r in args.recipes.split(",")]

@@ -490,7 +490,7 @@ def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: 
     def regulariser(trained: nn.Module) -> Callable[[nn.Module], None]:
         with _traceable(trained):
             pruner = tp.pruner.GroupNormPruner(
-                trained, torch.zeros(1, 3, 64, 64), importance=tp.importance.GroupMagnitudeImportance(p=2),
+                trained, torch.zeros(1, 3, 64, 64, device=next(trained.parameters()).device), importance=tp.importance.GroupMagnitudeImportance(p=2),
                 reg=config.sparse_reg, ignored_layers=list(protected_layers(trained, config.ignore)),
                 output_transform=_flat_tensors, pruning_ratio=0.0)
         return pruner.regularize
@@ -554,6 +554,7 @@ def _val_subset(data: str, images: int, workdir: Path) -> Path:
     import yaml
     from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
+    workdir = workdir.resolve()  # Ultralytics reads a relative path in a dataset YAML against the YAML's folder
     info = check_det_dataset(str(data), autodownload=False)
     folders = info["val"] if isinstance(info["val"], list) else [info["val"]]
     files = sorted(p for f in folders for p in Path(f).rglob("*") if p.suffix[1:].lower() in IMG_FORMATS)
