@@ -209,14 +209,16 @@ def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
     artifact, info = quantize(fp32, config, TARGETS["x86"], str(data), imgsz, tmp_path / "q", map50_95)
 
     choice = info["openvino_quantizer"]
+    assert json.loads((tmp_path / "q" / "quantize.json").read_text())["openvino_quantizer"] == choice
+    assert choice["setting"] == "auto" and list(choice["candidates"]) == ["nncf", "qdq"]
+    steps = [figures.pop("fallback_steps") for figures in choice["candidates"].values()]
+    assert [len(s) for s in steps] == [1, 1]  # max_float_layers 0: one try each
     candidates = {name: Candidate(**figures) for name, figures in choice["candidates"].items()}
-    assert choice["setting"] == "auto" and list(candidates) == ["nncf", "qdq"]
     assert all(c.latency_ms > 0 and 0 < c.map50_95 <= 1 for c in candidates.values())
     assert (choice["chosen"], choice["reason"]) == choose_quantizer(candidates, 1.0)
     kept = candidates[choice["chosen"]]
     assert info["quantizer"] == {"nncf": "nncf", "qdq": "onnxruntime"}[choice["chosen"]]
     assert (info["int8_map50_95"], info["drop_points"]) == (kept.map50_95, kept.drop_points)
-    assert json.loads((tmp_path / "q" / "quantize.json").read_text())["openvino_quantizer"] == choice
     # the kept candidate is workdir's one artifact: it loads in Ultralytics and scores what it did when chosen
     assert artifact == tmp_path / "q" / "model_int8_openvino_model" and (artifact / "metadata.yaml").is_file()
     assert not list((tmp_path / "q").glob("candidate-*"))

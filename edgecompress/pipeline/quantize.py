@@ -282,7 +282,8 @@ def choose_quantizer(candidates: Mapping[str, Candidate], budget: float) -> tupl
 def _keep_better(results: Mapping[str, tuple[Path, dict]], config: QuantConfig, imgsz: int,
                  workdir: Path) -> tuple[str, Path, dict[str, Any]]:
     """Time the x86 candidates and keep the better (`choose_quantizer`): its name, its artifact moved up into
-    workdir (the other candidate's folder is deleted), and the choice with both candidates' figures."""
+    workdir (the other candidate's folder is deleted), and the choice with both candidates' figures and
+    fallback steps (the other's steps show what its fallback tried)."""
     latency = _latency_ms({name: artifact for name, (artifact, _) in results.items()}, imgsz)
     candidates = {name: Candidate(fallback["int8_map50_95"], fallback["drop_points"],
                                   fallback["within_budget"], latency[name])
@@ -293,8 +294,10 @@ def _keep_better(results: Mapping[str, tuple[Path, dict]], config: QuantConfig, 
     _replace(results[chosen][0], kept)
     for name in results:
         shutil.rmtree(_candidate_dir(workdir, name))
+    figures = {name: {**asdict(c), "fallback_steps": results[name][1]["fallback_steps"]}
+               for name, c in candidates.items()}
     return chosen, kept, {"setting": config.openvino_quantizer, "chosen": chosen, "reason": reason,
-                          "candidates": {name: asdict(c) for name, c in candidates.items()}}
+                          "candidates": figures}
 
 
 def _candidate_dir(workdir: Path, name: str) -> Path:
