@@ -67,8 +67,12 @@ RECIPES = {
     "ec-taylor-sensitivity": (dict(EC, criterion="taylor", allocation="sensitivity"), PEER_FINETUNE, False),
     "ec-taylor-adamw": (dict(EC, criterion="taylor", allocation="uniform"), ADAMW_FINETUNE, False),
     "ec-taylor-gentle": (dict(EC, criterion="taylor", allocation="uniform"), FINETUNES["defaults"], False),
+    "ec-taylor-sensitivity-gentle": (dict(EC, criterion="taylor", allocation="sensitivity"), FINETUNES["defaults"],
+                                     False),
     "ec-global": (dict(EC, criterion="l2", allocation="global"), PEER_FINETUNE, False),
     "ec-depth": (dict(EC, criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE, False),
+    # the point's amount is the share of OpenVINO CPU latency to remove (a per-layer table), not of FLOPs
+    "ec-latency": (dict(EC, amount="latency", criterion="taylor", allocation="global"), PEER_FINETUNE, False),
 }
 DEFAULT_POINTS = "yolov8n-bccd:0.35,yolov8n-bccd:0.50,yolov8n-bccd:0.20,yolo11n-bccd:0.35"
 
@@ -89,9 +93,11 @@ def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out
     if result_file.exists():
         return json.loads(result_file.read_text())
     prune_kw, ft_kw, uses_teacher = RECIPES[recipe]
+    amount = {prune_kw.get("amount", "flops"): flops}
     base = yolo.load_model(MODELS / f"{name}.pt")
     t0 = time.time()
-    pruned, info = prune(base, PruneConfig(flops=flops, **prune_kw), str(DATA), imgsz, device, folder / "prune")
+    config = PruneConfig(**amount, **{k: v for k, v in prune_kw.items() if k != "amount"})
+    pruned, info = prune(base, config, str(DATA), imgsz, device, folder / "prune")
     before_ft = evaluate_model(pruned, str(DATA), imgsz, device, folder / "eval_pruned")
     tuned, ft = finetune(pruned, FinetuneConfig(epochs=epochs, workers=workers, **ft_kw), str(DATA), imgsz, device,
                          folder / "finetune", teacher=base if uses_teacher else None)

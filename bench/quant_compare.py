@@ -1,7 +1,7 @@
 """INT8 side by side with Ultralytics' own int8 exports: mAP50-95 in each artifact's runtime and batch-1 latency.
 
     YOLO_OFFLINE=1 nice -n 10 .venv/bin/python bench/quant_compare.py [--models yolov8n-bccd ...]
-        [--targets onnx x86 jetson] [--x86 nncf qdq auto] [--out runs/quant_compare]
+        [--targets onnx x86 jetson] [--x86 nncf qdq auto] [--pruned PT] [--out runs/quant_compare]
 
 Writes <out>/results.json and prints a Markdown table for BENCHMARKS.md. Latency: median of timed runs after
 warm-up, through edgecompress.targets.runtimes (the runtime's default threads), on a constant 640x640 input.
@@ -55,7 +55,7 @@ def ultralytics_exports(pt: Path, data: str, folder: Path, keys: list[str]) -> d
     return out
 
 
-def run(name: str, out: Path, targets: list[str], x86: list[str]) -> dict:
+def run(name: str, out: Path, targets: list[str], x86: list[str], pruned: Path | None = None) -> dict:
     data = str(SHARED / "datasets" / MODELS[name] / "data.yaml")
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +96,14 @@ def run(name: str, out: Path, targets: list[str], x86: list[str]) -> dict:
         shown = ("method", "scheme", "calibration_images", "float_layers", "fallback_steps",
                  "openvino_quantizer", "timings")
         record(key, runtime, artifact, {"info": {k: info[k] for k in shown if k in info}})
+    if pruned and "x86" in targets and "pruned_ov_fp32" not in rows:  # prune + INT8, against the unpruned rows
+        (folder / "pruned").mkdir(exist_ok=True)
+        pruned_onnx, pruned_meta = export_onnx(load_model(pruned).float().eval(), 640, folder / "pruned", "pruned")
+        convert_onnx("openvino", pruned_onnx, folder / "pruned" / "pruned_openvino_model", pruned_meta)
+        record("pruned_ov_fp32", "openvino", folder / "pruned" / "pruned_openvino_model", {"checkpoint": str(pruned)})
+        artifact, info = quantize(pruned_onnx, QuantConfig("ptq", max_map_drop=0.5), TARGETS["x86"], data, 640,
+                                  folder / "pruned_x86", map_of)
+        record("pruned_x86_int8", "openvino", artifact, {"info": {"openvino_quantizer": info["openvino_quantizer"]}})
     # all artifacts timed at the end, taking turns, so that each ratio is measured side by side (rows an
     # earlier run kept for other targets too)
     timing = time_alternating({key: (Path(row["artifact"]), row["runtime"]) for key, row in rows.items()}, runs=50)
@@ -112,12 +120,15 @@ def main() -> None:
                         help="the targets whose rows to measure (x86: the OpenVINO rows)")
     parser.add_argument("--x86", nargs="+", choices=["nncf", "qdq", "auto"], default=["nncf", "qdq", "auto"],
                         help="our x86 quantizers (quant.openvino_quantizer), a row each")
+    parser.add_argument("--pruned", type=Path, help="also a pruned checkpoint of the first --models, as FP32 and "
+                        "x86 INT8 rows (pruned_*) timed with the rest")
     parser.add_argument("--out", type=Path, default=Path("runs/quant_compare"))
     args = parser.parse_args()
     machine = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
     results = {"machine": machine, "models": {}}
     for name in args.models:
-        results["models"][name] = run(name, args.out, args.targets, args.x86)
+        results["models"][name] = run(name, args.out, args.targets, args.x86,
+                                      args.pruned if name == args.models[0] else None)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
     for name, rows in results["models"].items():
         print(f"\n### {name}\n\n| artifact | runtime | mAP50-95 | Δ vs FP32 (points) | latency ms "
