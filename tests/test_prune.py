@@ -95,6 +95,23 @@ def test_iterative_ratio_counts_channels_of_the_unpruned_model(demo, tmp_path):
     assert stepped["after"]["parameters"] == pytest.approx(once["after"]["parameters"], rel=0.03)
 
 
+def test_a_group_without_taylor_signal_is_ranked_by_magnitude(demo, tmp_path, monkeypatch):
+    import edgecompress.pipeline.prune as prune_module
+
+    score = prune_module._score_with_data
+
+    def no_gradient_in_one_branch(model, *args):  # as when no scoring batch has an object at that scale
+        score(model, *args)
+        for p in model.model[-1].cv2[0].parameters():
+            p.grad = torch.zeros_like(p)
+
+    monkeypatch.setattr(prune_module, "_score_with_data", no_gradient_in_one_branch)
+    config = PruneConfig(ratio=0.3, criterion="taylor", allocation="global", batches=1)
+    pruned, info = prune(build("yolov8n-demo", demo), config, str(demo[1]), IMGSZ, "cpu", tmp_path)
+    assert info["steps"][0]["scored_by_l2"]
+    assert info["after"]["parameters"] < 0.9 * info["before"]["parameters"]
+
+
 def test_global_allocation_prunes_groups_unevenly(demo, tmp_path):
     model = build("yolov8n-demo", demo)
     _, info = prune(model, PruneConfig(ratio=0.3, criterion="l2", allocation="global"), str(demo[1]), IMGSZ, "cpu", tmp_path)

@@ -188,7 +188,8 @@ def prune_step(model: DetectionModel, config: PruneConfig, data: str, imgsz: int
         done = fraction - 1 / config.steps
         knob = 1 - (1 - config.ratio * fraction) / (1 - config.ratio * done)
     pruned = plan.apply(knob)
-    info = {"knob": round(knob, 5), **_size(pruned, imgsz), "groups": plan.report(pruned), "skipped": plan.skipped}
+    info = {"knob": round(knob, 5), **_size(pruned, imgsz), "groups": plan.report(pruned), "skipped": plan.skipped,
+            "scored_by_l2": plan.rescored}
     if config.latency:
         info["table_ms"] = {"before": round(plan.table_ms, 3), "predicted_after": round(plan.predicted_ms(knob), 3),
                             "unpruned": round(base_ms, 3)}
@@ -231,7 +232,8 @@ class Planner:
         self.dg = build_graph(model)
         protected = protected_layers(model, config.ignore)
         self.skipped: list[dict[str, str]] = []
-        importance = make_importance(config.criterion)
+        importance, magnitude = make_importance(config.criterion), make_importance("l2")
+        self.rescored: list[str] = []  # groups the criterion gave no finite score, ranked by L2 instead
         if config.criterion in CRITERIA_NEEDING_DATA:
             _score_with_data(model, importance, config, data, imgsz)
         self.groups: list[tuple[nn.Module, torch.Tensor, str]] = []  # (root conv, importance, tie key)
@@ -249,6 +251,11 @@ class Planner:
                 self.frozen_ties.add(_tie_key(group, self.names))
                 continue
             imp = importance(group)
+            if imp is not None and not torch.isfinite(imp).all():
+                # Taylor on a branch no scoring batch sent a gradient through (no object at that scale):
+                # its mean-normalised scores are 0/0; rank its channels by magnitude instead
+                imp = magnitude(group)
+                self.rescored.append(self.names[root])
             if imp is None or len(imp) != root.out_channels:  # e.g. activation: a group no conv reads
                 self.skipped.append({"group": self.names[root], "reason": f"{config.criterion} gives it no score"})
                 self.frozen_ties.add(_tie_key(group, self.names))
