@@ -79,8 +79,8 @@ def test_flops_target_is_reached_within_3_percent(target, demo, tmp_path):
 @pytest.mark.parametrize("criterion", ["l1", "bn_scale", "taylor", "activation", "random"])
 def test_every_criterion_prunes(criterion, demo, tmp_path):
     model = build("yolov8n-demo", demo)
-    pruned, info = prune(model, PruneConfig(ratio=0.25, criterion=criterion, allocation="uniform", batches=1), str(demo[1]), IMGSZ,
-                         "cpu", tmp_path)
+    config = PruneConfig(ratio=0.25, criterion=criterion, allocation="uniform", batches=1)
+    pruned, info = prune(model, config, str(demo[1]), IMGSZ, "cpu", tmp_path)
     assert info["after"]["parameters"] < 0.8 * info["before"]["parameters"]
     assert outputs(pruned, False) == outputs(build("yolov8n-demo", demo), False)
 
@@ -114,7 +114,8 @@ def test_a_group_without_taylor_signal_is_ranked_by_magnitude(demo, tmp_path, mo
 
 def test_global_allocation_prunes_groups_unevenly(demo, tmp_path):
     model = build("yolov8n-demo", demo)
-    _, info = prune(model, PruneConfig(ratio=0.3, criterion="l2", allocation="global"), str(demo[1]), IMGSZ, "cpu", tmp_path)
+    config = PruneConfig(ratio=0.3, criterion="l2", allocation="global")
+    _, info = prune(model, config, str(demo[1]), IMGSZ, "cpu", tmp_path)
     kept = [after / before for before, after in info["steps"][0]["groups"].values()]
     assert max(kept) - min(kept) > 0.2
 

@@ -499,10 +499,11 @@ def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: 
 
     def regulariser(trained: nn.Module) -> Callable[[nn.Module], None]:
         with _traceable(trained):
+            example = torch.zeros(1, 3, 64, 64, device=next(trained.parameters()).device)
             pruner = tp.pruner.GroupNormPruner(
-                trained, torch.zeros(1, 3, 64, 64, device=next(trained.parameters()).device), importance=tp.importance.GroupMagnitudeImportance(p=2),
-                reg=config.sparse_reg, ignored_layers=list(protected_layers(trained, config.ignore)),
-                output_transform=_flat_tensors, pruning_ratio=0.0)
+                trained, example, importance=tp.importance.GroupMagnitudeImportance(p=2), reg=config.sparse_reg,
+                ignored_layers=list(protected_layers(trained, config.ignore)), output_transform=_flat_tensors,
+                pruning_ratio=0.0)
         return pruner.regularize
 
     model, info = finetune(model, FinetuneConfig(epochs=config.sparse_epochs), data, imgsz, device, workdir,
