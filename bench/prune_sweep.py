@@ -67,6 +67,9 @@ RECIPES = {
     "ec-taylor-sensitivity": (dict(EC, criterion="taylor", allocation="sensitivity"), PEER_FINETUNE, False),
     "ec-taylor-adamw": (dict(EC, criterion="taylor", allocation="uniform"), ADAMW_FINETUNE, False),
     "ec-taylor-gentle": (dict(EC, criterion="taylor", allocation="uniform"), FINETUNES["defaults"], False),
+    # as `--target x86` / `jetson` prune: channel counts rounded to 8
+    "ec-taylor-sensitivity-round8": (dict(criterion="taylor", allocation="sensitivity", round_to=8), PEER_FINETUNE,
+                                     False),
     "ec-taylor-sensitivity-gentle": (dict(EC, criterion="taylor", allocation="sensitivity"), FINETUNES["defaults"],
                                      False),
     "ec-global": (dict(EC, criterion="l2", allocation="global"), PEER_FINETUNE, False),
