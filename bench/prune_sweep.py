@@ -56,26 +56,26 @@ FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "defaults": {}}
 # edgecompress's candidates: the same fine-tuning, with what edgecompress adds to the pruning (other criteria
 # and allocations, depth) or distillation from the unpruned model (Ultralytics' own DistillationModel, its default
 # loss weight 6.0). `--recipes best` runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel
-# counts are not rounded to 8 (as --target x86/jetson do): on yolov8n's 16-channel layers that rounding moves
-# the reachable FLOPs in steps of several percent, and the points must sit at the peer's FLOPs.
-EC: dict = {}
+# counts are not rounded to 8 (as --target x86/jetson do) but in the -round8 recipe: on yolov8n's 16-channel
+# layers that rounding moves the reachable FLOPs in steps of several percent, and the points must sit at the
+# peer's FLOPs.
 RECIPES = {
     "tp-example": (dict(criterion="l2", allocation="uniform"), PEER_FINETUNE, False),
-    "ec-distill": (dict(EC, criterion="l2", allocation="uniform"), dict(PEER_FINETUNE, distill=6.0), True),
-    "ec-sensitivity": (dict(EC, criterion="l2", allocation="sensitivity"), PEER_FINETUNE, False),
-    "ec-taylor": (dict(EC, criterion="taylor", allocation="uniform"), PEER_FINETUNE, False),
-    "ec-taylor-sensitivity": (dict(EC, criterion="taylor", allocation="sensitivity"), PEER_FINETUNE, False),
-    "ec-taylor-adamw": (dict(EC, criterion="taylor", allocation="uniform"), ADAMW_FINETUNE, False),
-    "ec-taylor-gentle": (dict(EC, criterion="taylor", allocation="uniform"), FINETUNES["defaults"], False),
+    "ec-distill": (dict(criterion="l2", allocation="uniform"), dict(PEER_FINETUNE, distill=6.0), True),
+    "ec-sensitivity": (dict(criterion="l2", allocation="sensitivity"), PEER_FINETUNE, False),
+    "ec-taylor": (dict(criterion="taylor", allocation="uniform"), PEER_FINETUNE, False),
+    "ec-taylor-sensitivity": (dict(criterion="taylor", allocation="sensitivity"), PEER_FINETUNE, False),
+    "ec-taylor-adamw": (dict(criterion="taylor", allocation="uniform"), ADAMW_FINETUNE, False),
+    "ec-taylor-gentle": (dict(criterion="taylor", allocation="uniform"), FINETUNES["defaults"], False),
     # as `--target x86` / `jetson` prune: channel counts rounded to 8
     "ec-taylor-sensitivity-round8": (dict(criterion="taylor", allocation="sensitivity", round_to=8), PEER_FINETUNE,
                                      False),
-    "ec-taylor-sensitivity-gentle": (dict(EC, criterion="taylor", allocation="sensitivity"), FINETUNES["defaults"],
+    "ec-taylor-sensitivity-gentle": (dict(criterion="taylor", allocation="sensitivity"), FINETUNES["defaults"],
                                      False),
-    "ec-global": (dict(EC, criterion="l2", allocation="global"), PEER_FINETUNE, False),
-    "ec-depth": (dict(EC, criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE, False),
+    "ec-global": (dict(criterion="l2", allocation="global"), PEER_FINETUNE, False),
+    "ec-depth": (dict(criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE, False),
     # the point's amount is the share of OpenVINO CPU latency to remove (a per-layer table), not of FLOPs
-    "ec-latency": (dict(EC, amount="latency", criterion="taylor", allocation="global"), PEER_FINETUNE, False),
+    "ec-latency": (dict(amount="latency", criterion="taylor", allocation="global"), PEER_FINETUNE, False),
 }
 DEFAULT_POINTS = "yolov8n-bccd:0.35,yolov8n-bccd:0.50,yolov8n-bccd:0.20,yolo11n-bccd:0.35"
 
