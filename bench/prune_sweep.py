@@ -128,17 +128,19 @@ def baseline(name: str, imgsz: int, out: Path, device: str) -> dict:
     return result
 
 
-def finetune_check(imgsz: int, out: Path, settings: dict, device: str, epochs: int = 1) -> dict:
-    """Fine-tuning the unpruned model must not cost accuracy (issue 4: at most 0.3 mAP50-95 points)."""
+def finetune_check(name: str, imgsz: int, out: Path, settings: dict, device: str) -> dict:
+    """Fine-tuning the unpruned model must not cost accuracy (issue 4: one epoch, at most 0.3 mAP50-95 points);
+    `settings` may set other epochs."""
     tag = "-".join(f"{k}{v}" for k, v in settings.items()) or "defaults"
-    folder = out / f"ftcheck-{imgsz}-{tag}"
-    model = yolo.load_model(MODELS / "yolov8n-bccd.pt")
+    folder = out / f"ftcheck-{name}-{imgsz}-{tag}"
+    model = yolo.load_model(MODELS / f"{name}.pt")
     before = evaluate_model(model, str(DATA), imgsz, device, folder / "before")
-    tuned, ft = finetune(model, FinetuneConfig(epochs=epochs, **settings), str(DATA), imgsz, device, folder,
+    config = FinetuneConfig(**{"epochs": 1, **settings})
+    tuned, ft = finetune(model, config, str(DATA), imgsz, device, folder,
                          teacher=model if settings.get("distill") else None)
     after = evaluate_model(tuned, str(DATA), imgsz, device, folder / "after")
-    result = {"epochs": epochs, "imgsz": imgsz, "settings": settings, "before": before["map50_95"],
-              "after": after["map50_95"], "lost_points": round(100 * (before["map50_95"] - after["map50_95"]), 2),
+    result = {"model": name, "epochs": config.epochs, "imgsz": imgsz, "settings": settings,
+              "before": before["map50_95"], "after": after["map50_95"], "lost_points": round(100 * (before["map50_95"] - after["map50_95"]), 2),
               "finetune": ft}
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -246,6 +248,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--out", type=Path, default=Path("bench/results/prune_sweep"))
     parser.add_argument("--finetune-check", action="store_true", help="only: 1 epoch on the unpruned model")
+    parser.add_argument("--model", default="yolov8n-bccd", help="the unpruned checkpoint of --finetune-check")
     parser.add_argument("--ft", action="append", default=[],
                         help="FinetuneConfig settings for --finetune-check: key=value,... (repeat for several)")
     parser.add_argument("--iterative", choices=("l2", "group_norm"), help="only: the 70%%-in-6-steps experiment")
@@ -268,7 +271,7 @@ def main() -> None:
     if args.finetune_check:
         for ft in args.ft or [""]:
             settings = {k: _number(v) for k, v in (kv.split("=") for kv in ft.split(",") if kv)}
-            emit(finetune_check(args.imgsz, args.out, settings, args.device))
+            emit(finetune_check(args.model, args.imgsz, args.out, settings, args.device))
         return
     if args.iterative:
         emit(iterative(args.iterative, args.iterative_finetune, args.imgsz, args.out, args.device, args.workers))
