@@ -33,6 +33,13 @@ ULTRALYTICS = {"ul_ov_fp32": ("openvino", None, "x86"), "ul_ov_int8": ("openvino
                "ul_onnx_int8": ("onnx", 8, "onnx")}
 
 
+def shown(info: dict) -> dict:
+    """The part of quantize()'s info that a results row keeps."""
+    keys = ("method", "scheme", "calibration_images", "float_layers", "fallback_steps", "openvino_quantizer",
+            "timings")
+    return {k: info[k] for k in keys if k in info}
+
+
 def ultralytics_exports(pt: Path, data: str, folder: Path, keys: list[str]) -> dict[str, Path]:
     """Ultralytics' own FP32/INT8 exports `keys` (of ULTRALYTICS: onnxruntime quantize_static and NNCF),
     beside a copy of the .pt."""
@@ -93,9 +100,7 @@ def run(name: str, out: Path, targets: list[str], x86: list[str], pruned: Path |
         t = TARGETS[target] if target in TARGETS else TARGETS["jetson-orin-nano"]
         artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of)
         runtime = "onnxruntime" if t.runtime == "tensorrt" else t.runtime  # jetson: accuracy proxy on the CPU
-        shown = ("method", "scheme", "calibration_images", "float_layers", "fallback_steps",
-                 "openvino_quantizer", "timings")
-        record(key, runtime, artifact, {"info": {k: info[k] for k in shown if k in info}})
+        record(key, runtime, artifact, {"info": shown(info)})
     if pruned and "x86" in targets and "pruned_ov_fp32" not in rows:  # prune + INT8, against the unpruned rows
         (folder / "pruned").mkdir(exist_ok=True)
         pruned_onnx, pruned_meta = export_onnx(load_model(pruned).float().eval(), 640, folder / "pruned", "pruned")
@@ -103,7 +108,7 @@ def run(name: str, out: Path, targets: list[str], x86: list[str], pruned: Path |
         record("pruned_ov_fp32", "openvino", folder / "pruned" / "pruned_openvino_model", {"checkpoint": str(pruned)})
         artifact, info = quantize(pruned_onnx, QuantConfig("ptq", max_map_drop=0.5), TARGETS["x86"], data, 640,
                                   folder / "pruned_x86", map_of)
-        record("pruned_x86_int8", "openvino", artifact, {"info": {"openvino_quantizer": info["openvino_quantizer"]}})
+        record("pruned_x86_int8", "openvino", artifact, {"info": shown(info)})
     # all artifacts timed at the end, taking turns, so that each ratio is measured side by side (rows an
     # earlier run kept for other targets too)
     timing = time_alternating({key: (Path(row["artifact"]), row["runtime"]) for key, row in rows.items()}, runs=50)
