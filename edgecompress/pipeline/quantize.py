@@ -459,8 +459,10 @@ def _cached_ranges(model: Path, images: Sequence[Path], imgsz: int, config: Quan
     return ranges
 
 
-def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclude: Sequence[str]) -> Path:
-    """A QDQ ONNX of `model` with `ranges`, every node but `exclude` quantized; keeps the ONNX metadata."""
+def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclude: Sequence[str],
+                 op_types: Sequence[str] | None = None) -> Path:
+    """A QDQ ONNX of `model` with `ranges`, every node (or every node of `op_types`) but `exclude` quantized;
+    keeps the ONNX metadata."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -471,6 +473,7 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
         str(model), str(dest), None, quant_format=QuantFormat.QDQ, per_channel=scheme.per_channel,
         activation_type=QuantType.QInt8 if scheme.symmetric_activations else QuantType.QUInt8,
         weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
+        op_types_to_quantize=list(op_types) if op_types else None,
         calibration_cache_path=str(cache),
         extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
                        # TensorRT takes float weights behind Q/DQ and float biases; onnxruntime fuses
