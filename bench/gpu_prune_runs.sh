@@ -5,17 +5,9 @@
 #   model under several settings, and the 70%-in-6-steps iterative experiment (magnitude, group-regularised).
 # Results: $OUT/results.jsonl, lane logs, and the sweep's checkpoints in tars; latency (OpenVINO FP32) is then
 # measured on the CPU machine by `bench/prune_sweep.py` on the same --out, which reuses the finished points.
-# Needs what that machine lacks: wheels in .whl (ultralytics, torch-pruning, ultralytics-thop) and a copy of
-# ../shared (bccd, yolov8n-bccd.pt, yolo11n-bccd.pt) in .gpu/shared.
+# Needs what that machine lacks (see bench/gpu_setup.sh).
 set -u
-OUT=${OUT:-bench/results/gpu-out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD EDGECOMPRESS_SHARED=$PWD/.gpu/shared YOLO_OFFLINE=1 OMP_NUM_THREADS=2 \
-       PYTHONUNBUFFERED=1
-R=bench/results/prune_sweep_gpu
-S=(python3 bench/prune_sweep.py --device 0 --workers 2 --no-latency --out "$R" --jsonl "$OUT/results.jsonl")
-{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; } >> "$OUT/c.log"
+source bench/gpu_setup.sh
 
 point() {  # log tar name:flops recipe: one sweep point; its checkpoint goes into the tar ('-' for none)
   "${S[@]}" --points "$3" --recipes "$4" >> "$OUT/$1.log" 2>&1

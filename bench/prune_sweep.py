@@ -48,11 +48,14 @@ DATA = SHARED / "datasets" / "bccd" / "data.yaml"
 # Torch-Pruning's YOLOv8 example ported to Ultralytics 8.4: uniform L2 magnitude, Detect outputs kept, then
 # Ultralytics' default training hyperparameters (optimizer auto, 3 warm-up epochs, lr0 0.01, lrf 0.01, mosaic
 # closed for the last 10 epochs).
-PEER_FINETUNE = dict(optimizer="auto", lr0=0.01, lrf=0.01, warmup_epochs=3.0, mosaic=1.0, close_mosaic=10)
+PEER_FINETUNE = dict(schedule="recover", optimizer="auto", lr0=0.01)  # the rest as edgecompress's recover
 # AdamW at Ultralytics' 'auto' rate without its warm-up (which starts the biases at lr 0.1), mosaic closed for the
-# last epoch; and the fine-tune stage's own defaults (gentle: they must not harm an unpruned model)
-ADAMW_FINETUNE = dict(optimizer="AdamW", lr0=1e-3, lrf=0.1, warmup_epochs=0.0, mosaic=1.0, close_mosaic=1)
-FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "defaults": {}}
+# last epoch; and the fine-tune stage's former defaults (AdamW 1e-4, no warm-up)
+ADAMW_FINETUNE = dict(schedule="recover", optimizer="AdamW", lr0=1e-3, lrf=0.1, warmup_epochs=0.0, mosaic=1.0,
+                      close_mosaic=1, freeze_bn=False)
+GENTLE_FINETUNE = dict(schedule="recover", optimizer="AdamW", lr0=1e-4, lrf=0.1, warmup_epochs=0.0, mosaic=1.0,
+                       close_mosaic=1, freeze_bn=False)
+FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "gentle": GENTLE_FINETUNE, "defaults": {}}
 # edgecompress's candidates: the same fine-tuning, with what edgecompress adds to the pruning (other criteria
 # and allocations, depth) or distillation from the unpruned model (Ultralytics' own DistillationModel, its default
 # loss weight 6.0). `--recipes best` runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel
@@ -60,22 +63,23 @@ FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "defaults": {}}
 # layers that rounding moves the reachable FLOPs in steps of several percent, and the points must sit at the
 # peer's FLOPs.
 RECIPES = {
-    "tp-example": (dict(criterion="l2", allocation="uniform"), PEER_FINETUNE, False),
-    "ec-distill": (dict(criterion="l2", allocation="uniform"), dict(PEER_FINETUNE, distill=6.0), True),
-    "ec-sensitivity": (dict(criterion="l2", allocation="sensitivity"), PEER_FINETUNE, False),
-    "ec-taylor": (dict(criterion="taylor", allocation="uniform"), PEER_FINETUNE, False),
-    "ec-taylor-sensitivity": (dict(criterion="taylor", allocation="sensitivity"), PEER_FINETUNE, False),
-    "ec-taylor-adamw": (dict(criterion="taylor", allocation="uniform"), ADAMW_FINETUNE, False),
-    "ec-taylor-gentle": (dict(criterion="taylor", allocation="uniform"), FINETUNES["defaults"], False),
+    "tp-example": (dict(criterion="l2", allocation="uniform"), PEER_FINETUNE),
+    "ec-distill": (dict(criterion="l2", allocation="uniform"), dict(PEER_FINETUNE, distill=6.0)),
+    "ec-sensitivity": (dict(criterion="l2", allocation="sensitivity"), PEER_FINETUNE),
+    "ec-taylor": (dict(criterion="taylor", allocation="uniform"), PEER_FINETUNE),
+    "ec-taylor-sensitivity": (dict(criterion="taylor", allocation="sensitivity"), PEER_FINETUNE),
+    "ec-taylor-adamw": (dict(criterion="taylor", allocation="uniform"), ADAMW_FINETUNE),
+    "ec-taylor-gentle": (dict(criterion="taylor", allocation="uniform"), GENTLE_FINETUNE),
     # as `--target x86` / `jetson` prune: channel counts rounded to 8
-    "ec-taylor-sensitivity-round8": (dict(criterion="taylor", allocation="sensitivity", round_to=8), PEER_FINETUNE,
-                                     False),
-    "ec-taylor-sensitivity-gentle": (dict(criterion="taylor", allocation="sensitivity"), FINETUNES["defaults"],
-                                     False),
-    "ec-global": (dict(criterion="l2", allocation="global"), PEER_FINETUNE, False),
-    "ec-depth": (dict(criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE, False),
+    "ec-taylor-sensitivity-round8": (dict(criterion="taylor", allocation="sensitivity", round_to=8), PEER_FINETUNE),
+    # a multiple of 16: one AVX-512 register of FP32 values, OpenVINO's channel block on this CPU
+    "ec-taylor-sensitivity-round16": (dict(criterion="taylor", allocation="sensitivity", round_to=16),
+                                      PEER_FINETUNE),
+    "ec-taylor-sensitivity-gentle": (dict(criterion="taylor", allocation="sensitivity"), GENTLE_FINETUNE),
+    "ec-global": (dict(criterion="l2", allocation="global"), PEER_FINETUNE),
+    "ec-depth": (dict(criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE),
     # the point's amount is the share of OpenVINO CPU latency to remove (a per-layer table), not of FLOPs
-    "ec-latency": (dict(amount="latency", criterion="taylor", allocation="global"), PEER_FINETUNE, False),
+    "ec-latency": (dict(amount="latency", criterion="taylor", allocation="global"), PEER_FINETUNE),
 }
 DEFAULT_POINTS = "yolov8n-bccd:0.35,yolov8n-bccd:0.50,yolov8n-bccd:0.20,yolo11n-bccd:0.35"
 
@@ -89,24 +93,31 @@ def best_recipe(out: Path) -> str:
     return max(scores, key=scores.get)
 
 
+def _tag(settings: dict) -> str:
+    return "-".join(f"{k}{v}" for k, v in settings.items())
+
+
 def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out: Path, device: str,
-              workers: int) -> dict:
-    folder = out / f"{name}-{int(round(flops * 100))}-{recipe}"
+              workers: int, ft_extra: dict) -> dict:
+    """One sweep point; `ft_extra` overrides the recipe's fine-tuning settings (and names the folder)."""
+    folder = out / (f"{name}-{int(round(flops * 100))}-{recipe}" + (f"-{_tag(ft_extra)}" if ft_extra else ""))
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    prune_kw, ft_kw, uses_teacher = RECIPES[recipe]
+    prune_kw, ft_kw = RECIPES[recipe]
     amount = {prune_kw.get("amount", "flops"): flops}
     base = yolo.load_model(MODELS / f"{name}.pt")
     t0 = time.time()
     config = PruneConfig(**amount, **{k: v for k, v in prune_kw.items() if k != "amount"})
     pruned, info = prune(base, config, str(DATA), imgsz, device, folder / "prune")
     before_ft = evaluate_model(pruned, str(DATA), imgsz, device, folder / "eval_pruned")
-    tuned, ft = finetune(pruned, FinetuneConfig(epochs=epochs, workers=workers, **ft_kw), str(DATA), imgsz, device,
-                         folder / "finetune", teacher=base if uses_teacher else None)
+    tuned, ft = finetune(pruned, FinetuneConfig(**{"epochs": epochs, "workers": workers, **ft_kw, **ft_extra}),
+                         str(DATA), imgsz, device,
+                         folder / "finetune", reference=base)
     after = evaluate_model(tuned, str(DATA), imgsz, device, folder / "eval")
     yolo.save_checkpoint(tuned.cpu(), folder / "model.pt")
-    result = {"model": name, "flops_target": flops, "recipe": recipe, "epochs": epochs, "imgsz": imgsz,
+    result = {"model": name, "flops_target": flops, "recipe": recipe, "ft_extra": ft_extra, "epochs": epochs,
+              "imgsz": imgsz,
               "gflops": info["after"]["gflops"], "parameters": info["after"]["parameters"],
               "flops_removed": info["flops_removed"], "map50_95_pruned": before_ft["map50_95"],
               "map50": after["map50"], "map50_95": after["map50_95"], "finetune": ft,
@@ -131,13 +142,13 @@ def baseline(name: str, imgsz: int, out: Path, device: str) -> dict:
 def finetune_check(name: str, imgsz: int, out: Path, settings: dict, device: str) -> dict:
     """Fine-tuning the unpruned model must not cost accuracy (issue 4: one epoch, at most 0.3 mAP50-95 points);
     `settings` may set other epochs."""
-    tag = "-".join(f"{k}{v}" for k, v in settings.items()) or "defaults"
+    tag = _tag(settings) or "defaults"
     folder = out / f"ftcheck-{name}-{imgsz}-{tag}"
     model = yolo.load_model(MODELS / f"{name}.pt")
     before = evaluate_model(model, str(DATA), imgsz, device, folder / "before")
     config = FinetuneConfig(**{"epochs": 1, **settings})
     tuned, ft = finetune(model, config, str(DATA), imgsz, device, folder,
-                         teacher=model if settings.get("distill") else None)
+                         reference=model)
     after = evaluate_model(tuned, str(DATA), imgsz, device, folder / "after")
     result = {"model": name, "epochs": config.epochs, "imgsz": imgsz, "settings": settings,
               "before": before["map50_95"], "after": after["map50_95"], "lost_points": round(100 * (before["map50_95"] - after["map50_95"]), 2),
@@ -146,19 +157,21 @@ def finetune_check(name: str, imgsz: int, out: Path, settings: dict, device: str
     return result
 
 
-def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str, workers: int, ratio: float = 0.7,
-              steps: int = 6, epochs: int = 2) -> dict:
+def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str, workers: int, ft_extra: dict,
+              upto: int, ratio: float = 0.7, steps: int = 6, epochs: int = 2) -> dict:
     """The seed worklog's experiment: `ratio` of every group's channels removed in `steps` equal steps, `epochs`
-    of fine-tuning (FINETUNES[schedule]) after each; mAP and parameters after every step's fine-tune."""
-    folder = out / f"iterative-{criterion}-{schedule}"
-    step_ft = FinetuneConfig(epochs=epochs, workers=workers, **FINETUNES[schedule])
-    config = PruneConfig(ratio=ratio, steps=steps, criterion=criterion, step_finetune=step_ft, max_map_drop=100.0,
-                         sparse_epochs=epochs if criterion == "group_norm" else 0)
+    of fine-tuning (FINETUNES[schedule]) after each; mAP and parameters after every step's fine-tune. Only the
+    first `upto` steps run."""
+    folder = out / (f"iterative-{criterion}-{schedule}" + (f"-{_tag(ft_extra)}" if ft_extra else "")
+                    + (f"-first{upto}" if upto < steps else ""))
+    step_ft = FinetuneConfig(**{"epochs": epochs, "workers": workers, **FINETUNES[schedule], **ft_extra})
+    config = PruneConfig(ratio=ratio * upto / steps, steps=upto, criterion=criterion, step_finetune=step_ft,
+                         max_map_drop=100.0, sparse_epochs=epochs if criterion == "group_norm" else 0)
     model = yolo.load_model(MODELS / "yolov8n-bccd.pt")
     base = {**evaluate_model(model, str(DATA), imgsz, device, folder / "eval_base"), **yolo.describe(model, imgsz)}
     pruned, info = prune(model, config, str(DATA), imgsz, device, folder / "prune")
     # prune() leaves the last step to the fine-tune stage; give it the same short fine-tune as the others
-    tuned, _ = finetune(pruned, step_ft, str(DATA), imgsz, device, folder / "last")
+    tuned, _ = finetune(pruned, step_ft, str(DATA), imgsz, device, folder / "last", reference=model)
     info["steps"][-1].update({k: v for k, v in evaluate_model(tuned, str(DATA), imgsz, device, folder / "eval_last")
                               .items() if k in ("map50", "map50_95")})
     rows = [{"step": 0, "channels_removed": 0.0, "parameters": base["parameters"], "gflops": base["gflops"],
@@ -166,7 +179,8 @@ def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str,
     rows += [{"step": i, "channels_removed": round(ratio * i / steps, 3), "parameters": s["parameters"],
               "gflops": s["gflops"], "map50": s["map50"], "map50_95": s["map50_95"]}
              for i, s in enumerate(info["steps"], 1)]
-    result = {"experiment": "iterative", "criterion": criterion, "schedule": schedule, "epochs_per_step": epochs,
+    result = {"experiment": "iterative", "criterion": criterion, "schedule": schedule, "ft_extra": ft_extra,
+              "epochs_per_step": epochs,
               "sparse_training": info.get("sparse_training", {}).get("config"), "rows": rows}
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -250,9 +264,11 @@ def main() -> None:
     parser.add_argument("--finetune-check", action="store_true", help="only: 1 epoch on the unpruned model")
     parser.add_argument("--model", default="yolov8n-bccd", help="the unpruned checkpoint of --finetune-check")
     parser.add_argument("--ft", action="append", default=[],
-                        help="FinetuneConfig settings for --finetune-check: key=value,... (repeat for several)")
+                        help="FinetuneConfig settings, key=value,...: each one a --finetune-check run (repeat for "
+                             "several); otherwise one, over every point's or iterative step's fine-tuning")
     parser.add_argument("--iterative", choices=("l2", "group_norm"), help="only: the 70%%-in-6-steps experiment")
     parser.add_argument("--iterative-finetune", choices=tuple(FINETUNES), default="peer")
+    parser.add_argument("--iterative-steps", type=int, default=6, help="run only the first N of the 6 steps")
     parser.add_argument("--device", default="cpu", help="where pruning scores, fine-tuning and mAP run")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers while fine-tuning")
     parser.add_argument("--jsonl", type=Path, help="also append every finished result to this file, one line each")
@@ -268,13 +284,17 @@ def main() -> None:
                 f.write(line + "\n")
         return result
 
+    ft_settings = [{k: _number(v) for k, v in (kv.split("=") for kv in ft.split(",") if kv)} for ft in args.ft]
     if args.finetune_check:
-        for ft in args.ft or [""]:
-            settings = {k: _number(v) for k, v in (kv.split("=") for kv in ft.split(",") if kv)}
+        for settings in ft_settings or [{}]:
             emit(finetune_check(args.model, args.imgsz, args.out, settings, args.device))
         return
+    if len(ft_settings) > 1:
+        raise SystemExit("--ft: give it once outside --finetune-check (it applies to every fine-tune of the run)")
+    ft_extra = ft_settings[0] if ft_settings else {}
     if args.iterative:
-        emit(iterative(args.iterative, args.iterative_finetune, args.imgsz, args.out, args.device, args.workers))
+        emit(iterative(args.iterative, args.iterative_finetune, args.imgsz, args.out, args.device, args.workers,
+                       ft_extra, args.iterative_steps))
         return
     points = [(p.split(":")[0], float(p.split(":")[1])) for p in args.points.split(",")]
     recipes = [best_recipe(args.out) if r == "best" else r for r in args.recipes.split(",")]
@@ -282,7 +302,7 @@ def main() -> None:
     for name, flops in points:
         for recipe in recipes:
             results.append(emit(run_point(name, flops, recipe, args.epochs, args.imgsz, args.out, args.device,
-                                          args.workers)))
+                                          args.workers, ft_extra)))
     if not args.no_latency:
         measure_latency(results, args.imgsz, args.out)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

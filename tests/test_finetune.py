@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 import edgecompress.pipeline.yolo as yolo  # first: Ultralytics must not write caches into the dataset
@@ -16,7 +17,7 @@ from edgecompress.pipeline.finetune import FinetuneConfig, finetune
 from edgecompress.pipeline.prune import PruneConfig, prune
 
 IMGSZ = 96
-QUICK = FinetuneConfig(epochs=1, batch=8, workers=0)
+QUICK = FinetuneConfig(epochs=1, batch=8, workers=0, schedule="recover")
 
 
 def widths(model: nn.Module) -> list[int]:
@@ -25,11 +26,12 @@ def widths(model: nn.Module) -> list[int]:
 
 @pytest.fixture(scope="module")
 def pruned_and_tuned(demo, tmp_path_factory):
-    """The demo checkpoint pruned by a quarter of its FLOPs, then fine-tuned one epoch."""
+    """The demo checkpoint pruned by half its FLOPs, then fine-tuned one epoch."""
     work = tmp_path_factory.mktemp("ft")
     base = yolo.load_model(demo[0])
-    pruned, _ = prune(base, PruneConfig(flops=0.25), str(demo[1]), IMGSZ, "cpu", work / "prune")
-    tuned, info = finetune(pruned, QUICK, str(demo[1]), IMGSZ, "cpu", work / "finetune", teacher=base)
+    pruned, _ = prune(base, PruneConfig(flops=0.5), str(demo[1]), IMGSZ, "cpu", work / "prune")
+    tuned, info = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0), str(demo[1]), IMGSZ, "cpu",
+                           work / "finetune", reference=base)
     return base, pruned, tuned, info, work
 
 
@@ -37,6 +39,23 @@ def test_no_grow_back_after_a_fine_tune_epoch(pruned_and_tuned):
     base, pruned, tuned, info, work = pruned_and_tuned
     assert widths(tuned) == widths(pruned) != widths(base)
     assert info["epochs_log"] and (work / "finetune" / "train" / "weights" / "best.pt").exists()
+
+
+def test_auto_schedule_recovers_a_pruned_model(pruned_and_tuned):
+    chosen = pruned_and_tuned[3]["schedule"]
+    assert chosen["auto"]["points_below"] > 1.0 and chosen["name"] == "recover"
+    assert chosen["settings"]["warmup_epochs"] == 3.0 and not chosen["settings"]["freeze_bn"]
+
+
+def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(demo, tmp_path):
+    model = yolo.load_model(demo[0])
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    tuned, info = finetune(model, FinetuneConfig(epochs=1, batch=8, workers=0), str(demo[1]), IMGSZ, "cpu",
+                           tmp_path, reference=model)
+    assert info["schedule"]["name"] == "preserve" and info["schedule"]["auto"]["points_below"] == 0
+    after = tuned.state_dict()
+    assert all(torch.equal(v, after[k].to(v.dtype)) for k, v in stats.items())
+    assert 0 < info["epochs_log"][0]["lr/pg0"] <= 1e-5  # it trained, at the preserve schedule's rate
 
 
 def test_trainer_writes_only_into_workdir(demo, tmp_path, monkeypatch):
@@ -54,6 +73,7 @@ def test_checkpoint_round_trip_in_a_fresh_process(pruned_and_tuned, demo, tmp_pa
 import json, os
 os.environ["YOLO_OFFLINE"] = "1"
 import edgecompress.pipeline.yolo  # keeps Ultralytics from writing label caches into the demo dataset
+import torch
 from torch import nn
 from ultralytics import YOLO
 model = YOLO({str(path)!r})
@@ -84,7 +104,7 @@ def test_distillation_and_group_sparse_training_run(demo, tmp_path):
                          IMGSZ, "cpu", tmp_path / "prune")
     assert info["sparse_training"]["epochs_log"]
     tuned, _ = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0, distill=1.0), str(demo[1]), IMGSZ,
-                        "cpu", tmp_path / "ft", teacher=base)
+                        "cpu", tmp_path / "ft", reference=base)
     assert widths(tuned) == widths(pruned)
     assert all(type(m).__module__.startswith(("torch.nn.", "ultralytics.nn.")) for m in tuned.modules())
 
@@ -94,6 +114,13 @@ def test_config_errors_name_the_value():
         FinetuneConfig(epochs=-1)
     with pytest.raises(ConfigError, match="lr0"):
         FinetuneConfig(lr0=2.0)
+    with pytest.raises(ConfigError, match="'gentle'"):
+        FinetuneConfig(schedule="gentle")
+
+
+def test_auto_schedule_without_the_unpruned_model_says_what_to_set(demo, tmp_path):
+    with pytest.raises(ConfigError, match="schedule: recover"):
+        finetune(yolo.load_model(demo[0]), FinetuneConfig(epochs=1), str(demo[1]), IMGSZ, "cpu", tmp_path)
 
 
 def test_yolo26_prunes_fine_tunes_saves_loads_and_exports(demo, tmp_path):

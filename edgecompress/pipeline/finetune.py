@@ -5,13 +5,17 @@ model grows back to full width. Here the trainer starts from a checkpoint file o
 `get_model` returns that module as loaded: nothing is rebuilt. Because the trainer's input is a file, the same
 holds when Ultralytics re-creates the trainer in a DDP subprocess.
 
-The defaults are chosen for fine-tuning a trained detector, not training from scratch, and were measured
-(BENCHMARKS.md, "Pruning"): a learning rate that suits training destroys a trained model within one epoch
-(AdamW 1e-3: -44.9 mAP50-95 points; Ultralytics' own schedule, AdamW 0.0014 with warm-up: -57); AdamW 1e-4
-without warm-up lost 0.27 to 1.05 points (three seeds; the trainer alone at lr 1e-9 lost 0.44 and 0.55, its
-BatchNorm statistics re-estimated). Ultralytics' schedule recovers a pruned model further in the same 5 epochs
-(-35% FLOPs: 0.608 against 0.585), and a recipe may choose it:
-`finetune: {optimizer: auto, lr0: 0.01, lrf: 0.01, warmup_epochs: 3, close_mosaic: 10}`.
+Two schedules, measured (BENCHMARKS.md, "Pruning"), and `auto` (the default) picks one by the damage it measures:
+- `recover`: Ultralytics' schedule (3 warm-up epochs whose bias lr starts at 0.1, lrf 0.01) with AdamW at 5e-4
+  rather than its fitted rate (1.4e-3 on bccd). At -35% FLOPs, 5 epochs: yolo11n-bccd 0.568 and 0.571 mAP50-95
+  against 0.536 to 0.541 at the fitted rate; yolov8n-bccd 0.598 against 0.600 and 0.608 (noise is about 1 point).
+  Ultralytics' schedule recovers pruned models far better than AdamW 1e-4 without warm-up (0.585), and destroys an
+  intact model within one epoch (-57 points).
+- `preserve`, AdamW 1e-5 without warm-up and with BatchNorm statistics frozen: one epoch on the unpruned
+  yolov8n-bccd lost 0.08, 0.00 and 0.28 points (three seeds). Updated statistics, re-estimated over a few augmented batches, cost
+  about half a point on their own (lr 1e-9: 0.44 and 0.55; frozen: 0.00).
+`auto` evaluates the model and the unpruned reference on the val split first and preserves when the model is within
+`preserve_within` points of it, else recovers.
 """
 
 from __future__ import annotations
@@ -39,32 +43,52 @@ from edgecompress.pipeline.config import require
 from edgecompress.pipeline.yolo import evaluate, save_checkpoint
 
 
+Schedule = Literal["auto", "recover", "preserve"]
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "recover": {"optimizer": "AdamW", "lr0": 5e-4, "lrf": 0.01, "warmup_epochs": 3.0, "freeze_bn": False},
+    "preserve": {"optimizer": "AdamW", "lr0": 1e-5, "lrf": 0.1, "warmup_epochs": 0.0, "freeze_bn": True},
+}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """`epochs`: fine-tuning epochs after pruning (0 = none); the rest are Ultralytics' trainer settings."""
+    """`epochs`: fine-tuning epochs after pruning (0 = none); `schedule` sets the optimizer, lr0, lrf,
+    warmup_epochs and freeze_bn that are left unset (None); the rest are Ultralytics' trainer settings."""
 
     epochs: int = 5  # the fine-tune stage runs only after pruning, so `--prune X` alone also fine-tunes
-    optimizer: Literal["AdamW", "Adam", "SGD", "auto"] = "AdamW"  # auto: Ultralytics picks by run length
-    lr0: float = 0.0001  # measured (BENCHMARKS.md): 1e-3 took yolov8n-bccd from 0.604 to 0.155 in one epoch
-    lrf: float = 0.1  # final lr = lr0 * lrf (linear decay)
-    warmup_epochs: float = 0.0  # Ultralytics' warm-up raises the bias lr to 0.1: fatal to a trained model
+    schedule: Schedule = "auto"
+    preserve_within: float = 1.0  # auto: mAP50-95 points below the reference within which to preserve
+    optimizer: Literal["AdamW", "Adam", "SGD", "auto"] | None = None  # auto: Ultralytics picks by run length
+    lr0: float | None = None
+    lrf: float | None = None  # final lr = lr0 * lrf (linear decay)
+    warmup_epochs: float | None = None
+    freeze_bn: bool | None = None  # keep BatchNorm running statistics as loaded (scale and shift still train)
     mosaic: float = 1.0
-    close_mosaic: int = 1  # last epochs without mosaic, so the model ends on images like the val split
+    close_mosaic: int = 10  # last epochs without mosaic (Ultralytics' default): short runs see no mosaic at all
     batch: int = 16
     workers: int = 2
-    distill: float = 0.0  # weight of the distillation loss from the unpruned teacher (Ultralytics' `dis`); 0 = off
+    distill: float = 0.0  # weight of the distillation loss from the unpruned reference (Ultralytics' `dis`); 0 = off
     seed: int = 0
 
     def __post_init__(self) -> None:
         require(self.epochs >= 0, f"finetune.epochs must be >= 0, got {self.epochs}")
-        require(0 < self.lr0 < 1, f"finetune.lr0 must be in (0, 1), got {self.lr0}; try 0.0001 (AdamW)")
-        require(0 < self.lrf <= 1, f"finetune.lrf is the final lr fraction, in (0, 1]; got {self.lrf}")
-        require(self.warmup_epochs >= 0, f"finetune.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        require(self.schedule in SCHEDULES or self.schedule == "auto",
+                f"finetune.schedule must be auto, recover or preserve; got {self.schedule!r}")
+        require(self.preserve_within >= 0, f"finetune.preserve_within must be >= 0 points, got {self.preserve_within}")
+        require(self.lr0 is None or 0 < self.lr0 < 1, f"finetune.lr0 must be in (0, 1), got {self.lr0}; try 0.0001")
+        require(self.lrf is None or 0 < self.lrf <= 1,
+                f"finetune.lrf is the final lr fraction, in (0, 1]; got {self.lrf}")
+        require(self.warmup_epochs is None or self.warmup_epochs >= 0,
+                f"finetune.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         require(0 <= self.mosaic <= 1, f"finetune.mosaic is a probability in [0, 1], got {self.mosaic}")
         require(self.close_mosaic >= 0, f"finetune.close_mosaic must be >= 0, got {self.close_mosaic}")
         require(self.batch >= 1, f"finetune.batch must be >= 1, got {self.batch}")
         require(self.workers >= 0, f"finetune.workers must be >= 0, got {self.workers}")
         require(self.distill >= 0, f"finetune.distill is a loss weight and must be >= 0, got {self.distill}")
+
+    def settings(self, schedule: str) -> dict[str, Any]:
+        """The schedule's optimizer settings, with those this config sets explicitly."""
+        return {k: v if (v := getattr(self, k)) is not None else default for k, default in SCHEDULES[schedule].items()}
 
 
 class KeepModelTrainer(DetectionTrainer):
@@ -78,6 +102,7 @@ class KeepModelTrainer(DetectionTrainer):
 
     regulariser: Callable[[nn.Module], Callable[[nn.Module], None]] | None = None
     qat_batches: int = 0
+    freeze_bn: bool = False
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         if not isinstance(weights, nn.Module):
@@ -92,6 +117,13 @@ class KeepModelTrainer(DetectionTrainer):
         module = unwrap_model(self.model)
         self._regularise = type(self).regulariser(module) if type(self).regulariser else None
 
+    def _model_train(self):
+        super()._model_train()
+        if self.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+
     def optimizer_step(self):
         if self._regularise:
             self._regularise(unwrap_model(self.model))
@@ -99,42 +131,58 @@ class KeepModelTrainer(DetectionTrainer):
 
 
 def finetune(model: DetectionModel, config: FinetuneConfig, data: str, imgsz: int, device: str, workdir: Path,
-             teacher: DetectionModel | None = None,
+             reference: DetectionModel | None = None,
              regulariser: Callable[[nn.Module], Callable[[nn.Module], None]] | None = None,
              qat_batches: int = 0) -> tuple[DetectionModel, dict]:
     """Train `model` for `config.epochs`; returns the best epoch's model (by val fitness) and a JSON-able info.
 
+    `reference` is the unpruned model: the yardstick of schedule auto, and the teacher when `config.distill`.
     `qat_batches` > 0 trains with INT8 fake quantization (see KeepModelTrainer); the returned model then carries
     its quantizers and their ranges (edgecompress.pipeline.quantize.qat exports it)."""
     workdir = Path(workdir).resolve()  # Ultralytics files a relative project under ./runs/detect
     if config.epochs == 0:
         return model, {"epochs": 0}
     workdir.mkdir(parents=True, exist_ok=True)
+    schedule, chosen = _choose_schedule(model, config, reference, data, imgsz, device, workdir)
+    settings = config.settings(schedule)
     start = workdir / "start.pt"
     save_checkpoint(model, start, half=False)
     overrides = {
         "model": str(start), "data": str(data), "imgsz": imgsz, "epochs": config.epochs, "batch": config.batch,
         "device": device, "workers": config.workers, "project": str(workdir), "name": "train", "exist_ok": True,
-        "optimizer": config.optimizer, "lr0": config.lr0, "lrf": config.lrf,
-        "warmup_epochs": config.warmup_epochs, "mosaic": config.mosaic, "close_mosaic": config.close_mosaic,
-        "seed": config.seed, "plots": False, "amp": False, "verbose": False, "val": True,
+        **{k: v for k, v in settings.items() if k != "freeze_bn"}, "mosaic": config.mosaic,
+        "close_mosaic": config.close_mosaic, "seed": config.seed, "plots": False, "amp": False, "verbose": False,
+        "val": True,
     }
     if config.distill:
-        require(teacher is not None, "finetune.distill needs the unpruned teacher model; set finetune.distill: 0")
-        save_checkpoint(teacher, workdir / "teacher.pt", half=False)
+        require(reference is not None, "finetune.distill needs the unpruned model as teacher; set finetune.distill: 0")
+        save_checkpoint(reference, workdir / "teacher.pt", half=False)
         overrides.update(distill_model=str(workdir / "teacher.pt"), dis=config.distill)
     if qat_batches:
         overrides["quantize"] = 8
     trainer_cls = type("Trainer", (KeepModelTrainer,), {"regulariser": staticmethod(regulariser),
-                                                        "qat_batches": qat_batches}) \
-        if regulariser or qat_batches else KeepModelTrainer
+                                                        "qat_batches": qat_batches, "freeze_bn": settings["freeze_bn"]})
     trainer = trainer_cls(overrides=overrides)
     t0 = time.time()
     trainer.train()
     best, _ = load_checkpoint(trainer.best if trainer.best.exists() else trainer.last)
     best = getattr(best, "student_model", best)  # a distillation checkpoint holds the student inside
-    info = {"config": asdict(config), "seconds": round(time.time() - t0, 1), "epochs_log": _results(trainer.csv)}
+    info = {"config": asdict(config), "schedule": {**chosen, "settings": settings},
+            "seconds": round(time.time() - t0, 1), "epochs_log": _results(trainer.csv)}
     return best.float().eval(), info
+
+
+def _choose_schedule(model: DetectionModel, config: FinetuneConfig, reference: DetectionModel | None, data: str,
+                     imgsz: int, device: str, workdir: Path) -> tuple[str, dict[str, Any]]:
+    if config.schedule != "auto":
+        return config.schedule, {"name": config.schedule}
+    require(reference is not None, "finetune.schedule auto compares the model with the unpruned one, and none was "
+                                   "given; set finetune.schedule: recover (after pruning) or preserve")
+    ref = evaluate_model(reference, data, imgsz, device, workdir / "eval_reference")["map50_95"]
+    now = ref if reference is model else evaluate_model(model, data, imgsz, device, workdir / "eval_start")["map50_95"]
+    below = round(100 * (ref - now), 2)
+    name = "preserve" if below <= config.preserve_within else "recover"
+    return name, {"name": name, "auto": {"reference_map50_95": ref, "start_map50_95": now, "points_below": below}}
 
 
 def _results(path: Path) -> list[dict[str, float]]:

@@ -124,7 +124,7 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
     """Returns the pruned (and, for iterative schedules, step-wise fine-tuned) model and a JSON-able info dict."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model = _trainable_copy(model)
+    unpruned, model = model, _trainable_copy(model)
     base = _size(model, imgsz)
     info: dict[str, Any] = {"before": base, "config": {"criterion": config.criterion,
                                                         "allocation": config.allocation}}
@@ -147,7 +147,7 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
         model, step_info = prune_step(model, config, data, imgsz, base["gflops"], fraction, weights,
                                       steps[0]["table_ms"]["unpruned"] if steps and config.latency else None)
         if step < config.steps and config.step_finetune.epochs:
-            model, ft = finetune(model, config.step_finetune, data, imgsz, device, workdir / f"step{step}")
+            model, ft = finetune(model, config.step_finetune, data, imgsz, device, workdir / f"step{step}", unpruned)
             step_info["finetune"] = ft
         if track:
             metrics = evaluate_model(model, data, imgsz, device, workdir / f"eval{step}")
@@ -492,6 +492,12 @@ def _with_loss_args(model: DetectionModel) -> DetectionModel:
     return model
 
 
+# the regulariser pulls whole groups towards zero only where the weights move; these are the settings the
+# group-regularised iterative experiment was measured with (BENCHMARKS.md, "Pruning")
+SPARSE_TRAINING = {"schedule": "recover", "optimizer": "AdamW", "lr0": 1e-4, "lrf": 0.1, "warmup_epochs": 0.0,
+                   "freeze_bn": False}
+
+
 def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, device: str,
                   workdir: Path) -> tuple[DetectionModel, dict]:
     """Torch-pruning's GroupNormPruner regularisation during training: unimportant groups shrink toward zero."""
@@ -506,8 +512,8 @@ def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: 
                 pruning_ratio=0.0)
         return pruner.regularize
 
-    model, info = finetune(model, FinetuneConfig(epochs=config.sparse_epochs), data, imgsz, device, workdir,
-                           regulariser=regulariser)
+    model, info = finetune(model, FinetuneConfig(epochs=config.sparse_epochs, **SPARSE_TRAINING), data, imgsz,
+                           device, workdir, regulariser=regulariser)
     return model, info
 
 

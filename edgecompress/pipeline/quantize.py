@@ -59,6 +59,7 @@ class QATConfig:
     lr0: float = 1e-4
     batch: int = 8
     calibration_batches: int = 8  # batches that set the fake quantizers' ranges before training
+    freeze_bn: bool = False  # keep BatchNorm running statistics as loaded while training
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, f"quant.qat.epochs must be >= 1, got {self.epochs}")
@@ -349,10 +350,11 @@ def qat_train(model: DetectionModel, config: QuantConfig, data: str, imgsz: int,
     from edgecompress.pipeline.finetune import FinetuneConfig, finetune
 
     clock = time.perf_counter()
-    # A short run from trained weights: no warm-up (its bias lr 0.1 wrecks a trained model) and no mosaic,
-    # so training sees images like the calibration batches and the val split.
-    settings = FinetuneConfig(epochs=config.qat.epochs, lr0=config.qat.lr0, batch=config.qat.batch, mosaic=0.0,
-                              close_mosaic=0, seed=config.seed)
+    # A short run from trained weights: the preserve schedule (no warm-up, whose bias lr 0.1 wrecks a trained model)
+    # at QAT's own rate, and no mosaic, so training sees images like the calibration batches and the val split.
+    settings = FinetuneConfig(epochs=config.qat.epochs, schedule="preserve", lr0=config.qat.lr0,
+                              freeze_bn=config.qat.freeze_bn, batch=config.qat.batch, mosaic=0.0, close_mosaic=0,
+                              seed=config.seed)
     trained, info = finetune(model, settings, data, imgsz, device, workdir, qat_batches=config.qat.calibration_batches)
     return trained, {"epochs_log": info["epochs_log"], "timings": {"train_s": round(time.perf_counter() - clock, 1)}}
 

@@ -156,10 +156,9 @@ class Runner:
                                           lambda m, folder: prune(m, pruning, str(data["yaml_file"]),
                                                                   recipe.imgsz, recipe.device, folder)))
         if recipe.prune.enabled and recipe.finetune.epochs:  # fine-tuning recovers what pruning lost
-            teacher = model if recipe.finetune.distill else None
             chain.append(self._train_step("finetune", chain[-1], to_dict(recipe.finetune),
                                           lambda m, folder: finetune(m, recipe.finetune, str(data["yaml_file"]),
-                                                                     recipe.imgsz, recipe.device, folder, teacher)))
+                                                                     recipe.imgsz, recipe.device, folder, model)))
         source = chain[-1]
         exported = self._step("export", {"parent": source.key, "imgsz": recipe.imgsz},
                               lambda folder: self._export(source, folder))
