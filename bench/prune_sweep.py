@@ -147,12 +147,11 @@ def finetune_check(name: str, imgsz: int, out: Path, settings: dict, device: str
     model = yolo.load_model(MODELS / f"{name}.pt")
     before = evaluate_model(model, str(DATA), imgsz, device, folder / "before")
     config = FinetuneConfig(**{"epochs": 1, **settings})
-    tuned, ft = finetune(model, config, str(DATA), imgsz, device, folder,
-                         reference=model)
+    tuned, ft = finetune(model, config, str(DATA), imgsz, device, folder, reference=model)
     after = evaluate_model(tuned, str(DATA), imgsz, device, folder / "after")
     result = {"model": name, "epochs": config.epochs, "imgsz": imgsz, "settings": settings,
-              "before": before["map50_95"], "after": after["map50_95"], "lost_points": round(100 * (before["map50_95"] - after["map50_95"]), 2),
-              "finetune": ft}
+              "before": before["map50_95"], "after": after["map50_95"],
+              "lost_points": round(100 * (before["map50_95"] - after["map50_95"]), 2), "finetune": ft}
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

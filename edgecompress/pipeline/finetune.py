@@ -12,8 +12,9 @@ Two schedules, measured (BENCHMARKS.md, "Pruning"), and `auto` (the default) pic
   Ultralytics' schedule recovers pruned models far better than AdamW 1e-4 without warm-up (0.585), and destroys an
   intact model within one epoch (-57 points).
 - `preserve`, AdamW 1e-5 without warm-up and with BatchNorm statistics frozen: one epoch on the unpruned
-  yolov8n-bccd lost 0.08, 0.00 and 0.28 points (three seeds). Updated statistics, re-estimated over a few augmented batches, cost
-  about half a point on their own (lr 1e-9: 0.44 and 0.55; frozen: 0.00).
+  yolov8n-bccd lost 0.08, 0.00 and 0.28 points (three seeds). Updated statistics, re-estimated over a few
+  augmented batches, cost about half a point on their own (lr 1e-9: 0.44 and 0.55; frozen: 0.00). Frozen
+  statistics need small steps: with AdamW 1e-3 a pruned model was destroyed.
 `auto` evaluates the model and the unpruned reference on the val split first and preserves when the model is within
 `preserve_within` points of it, else recovers.
 """
@@ -88,7 +89,8 @@ class FinetuneConfig:
 
     def settings(self, schedule: str) -> dict[str, Any]:
         """The schedule's optimizer settings, with those this config sets explicitly."""
-        return {k: v if (v := getattr(self, k)) is not None else default for k, default in SCHEDULES[schedule].items()}
+        chosen = SCHEDULES[schedule]
+        return {k: default if (v := getattr(self, k)) is None else v for k, default in chosen.items()}
 
 
 class KeepModelTrainer(DetectionTrainer):
