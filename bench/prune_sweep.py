@@ -111,9 +111,8 @@ def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out
     config = PruneConfig(**amount, **{k: v for k, v in prune_kw.items() if k != "amount"})
     pruned, info = prune(base, config, str(DATA), imgsz, device, folder / "prune")
     before_ft = evaluate_model(pruned, str(DATA), imgsz, device, folder / "eval_pruned")
-    tuned, ft = finetune(pruned, FinetuneConfig(**{"epochs": epochs, "workers": workers, **ft_kw, **ft_extra}),
-                         str(DATA), imgsz, device,
-                         folder / "finetune", reference=base)
+    ft_config = FinetuneConfig(**{"epochs": epochs, "workers": workers, **ft_kw, **ft_extra})
+    tuned, ft = finetune(pruned, ft_config, str(DATA), imgsz, device, folder / "finetune", reference=base)
     after = evaluate_model(tuned, str(DATA), imgsz, device, folder / "eval")
     yolo.save_checkpoint(tuned.cpu(), folder / "model.pt")
     result = {"model": name, "flops_target": flops, "recipe": recipe, "ft_extra": ft_extra, "epochs": epochs,
@@ -158,9 +157,9 @@ def finetune_check(name: str, imgsz: int, out: Path, settings: dict, device: str
 
 def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str, workers: int, ft_extra: dict,
               upto: int, ratio: float = 0.7, steps: int = 6, epochs: int = 2) -> dict:
-    """The seed worklog's experiment: `ratio` of every group's channels removed in `steps` equal steps, `epochs`
-    of fine-tuning (FINETUNES[schedule]) after each; mAP and parameters after every step's fine-tune. Only the
-    first `upto` steps run."""
+    """The seed worklog's experiment: `ratio` of the channels removed in `steps` equal steps (spread over the
+    groups by the default allocation), `epochs` of fine-tuning (FINETUNES[schedule]) after each; mAP and
+    parameters after every step's fine-tune. Only the first `upto` steps run."""
     folder = out / (f"iterative-{criterion}-{schedule}" + (f"-{_tag(ft_extra)}" if ft_extra else "")
                     + (f"-first{upto}" if upto < steps else ""))
     step_ft = FinetuneConfig(**{"epochs": epochs, "workers": workers, **FINETUNES[schedule], **ft_extra})
