@@ -94,13 +94,14 @@ def best_recipe(out: Path) -> str:
 
 
 def _tag(settings: dict) -> str:
-    return "-".join(f"{k}{v}" for k, v in settings.items())
+    """The folder-name suffix of fine-tuning settings: '-key1value1-key2value2', or '' for none."""
+    return "".join(f"-{k}{v}" for k, v in settings.items())
 
 
 def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out: Path, device: str,
               workers: int, ft_extra: dict) -> dict:
     """One sweep point; `ft_extra` overrides the recipe's fine-tuning settings (and names the folder)."""
-    folder = out / (f"{name}-{int(round(flops * 100))}-{recipe}" + (f"-{_tag(ft_extra)}" if ft_extra else ""))
+    folder = out / f"{name}-{int(round(flops * 100))}-{recipe}{_tag(ft_extra)}"
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
@@ -141,8 +142,7 @@ def baseline(name: str, imgsz: int, out: Path, device: str) -> dict:
 def finetune_check(name: str, imgsz: int, out: Path, settings: dict, device: str) -> dict:
     """Fine-tuning the unpruned model must not cost accuracy (issue 4: one epoch, at most 0.3 mAP50-95 points);
     `settings` may set other epochs."""
-    tag = _tag(settings) or "defaults"
-    folder = out / f"ftcheck-{name}-{imgsz}-{tag}"
+    folder = out / f"ftcheck-{name}-{imgsz}{_tag(settings) or '-defaults'}"
     model = yolo.load_model(MODELS / f"{name}.pt")
     before = evaluate_model(model, str(DATA), imgsz, device, folder / "before")
     config = FinetuneConfig(**{"epochs": 1, **settings})
@@ -160,8 +160,7 @@ def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str,
     """The seed worklog's experiment: `ratio` of the channels removed in `steps` equal steps (spread over the
     groups by the default allocation), `epochs` of fine-tuning (FINETUNES[schedule]) after each; mAP and
     parameters after every step's fine-tune. Only the first `upto` steps run."""
-    folder = out / (f"iterative-{criterion}-{schedule}" + (f"-{_tag(ft_extra)}" if ft_extra else "")
-                    + (f"-first{upto}" if upto < steps else ""))
+    folder = out / (f"iterative-{criterion}-{schedule}{_tag(ft_extra)}" + (f"-first{upto}" if upto < steps else ""))
     step_ft = FinetuneConfig(**{"epochs": epochs, "workers": workers, **FINETUNES[schedule], **ft_extra})
     config = PruneConfig(ratio=ratio * upto / steps, steps=upto, criterion=criterion, step_finetune=step_ft,
                          max_map_drop=100.0, sparse_epochs=epochs if criterion == "group_norm" else 0)
