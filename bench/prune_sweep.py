@@ -3,7 +3,8 @@
 Each point prunes a checkpoint to a FLOPs reduction, fine-tunes it, and records mAP (PyTorch, val split, batch 1,
 as the pipeline's evaluate stage), GFLOPs and parameters; a last phase exports every finished model and the
 unpruned baselines to OpenVINO FP32 and times them side by side (on this machine: `--device` only moves the
-training). Finished points are kept in --out and skipped on a rerun, so the sweep can be stopped and resumed.
+training). Finished points are kept in --out and skipped on a rerun, so the sweep can be stopped and resumed; a
+point's pruned model is kept too (--out/pruned), for runs that differ only in their fine-tuning settings.
 
     nohup nice -n 10 .venv/bin/python bench/prune_sweep.py > bench/results/prune_sweep.log 2>&1 &
     .venv/bin/python bench/prune_sweep.py --points yolov8n-bccd:0.35 --recipes best   # best ec-* at 35%
@@ -20,6 +21,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -105,12 +107,10 @@ def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    prune_kw, ft_kw = RECIPES[recipe]
-    amount = {prune_kw.get("amount", "flops"): flops}
     base = yolo.load_model(MODELS / f"{name}.pt")
     t0 = time.time()
-    config = PruneConfig(**amount, **{k: v for k, v in prune_kw.items() if k != "amount"})
-    pruned, info = prune(base, config, str(DATA), imgsz, device, folder / "prune")
+    pruned, info = pruned_point(name, flops, recipe, imgsz, out, device)
+    ft_kw = RECIPES[recipe][1]
     before_ft = evaluate_model(pruned, str(DATA), imgsz, device, folder / "eval_pruned")
     ft_config = FinetuneConfig(**{"epochs": epochs, "workers": workers, **ft_kw, **ft_extra})
     tuned, ft = finetune(pruned, ft_config, str(DATA), imgsz, device, folder / "finetune", reference=base)
@@ -124,6 +124,20 @@ def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out
               "seconds": round(time.time() - t0), "checkpoint": str(folder / "model.pt")}
     result_file.write_text(json.dumps(result, indent=1))
     return result
+
+
+def pruned_point(name: str, flops: float, recipe: str, imgsz: int, out: Path, device: str) -> tuple[Any, dict]:
+    """The point's model before fine-tuning and its prune info: pruned once, then shared by every run of the point
+    that differs only in its fine-tuning settings."""
+    folder = out / "pruned" / f"{name}-{int(round(flops * 100))}-{recipe}-{imgsz}"
+    if (folder / "model.pt").exists():
+        return yolo.load_model(folder / "model.pt"), json.loads((folder / "prune" / "prune_info.json").read_text())
+    prune_kw = RECIPES[recipe][0]
+    config = PruneConfig(**{prune_kw.get("amount", "flops"): flops},
+                         **{k: v for k, v in prune_kw.items() if k != "amount"})
+    pruned, info = prune(yolo.load_model(MODELS / f"{name}.pt"), config, str(DATA), imgsz, device, folder / "prune")
+    yolo.save_checkpoint(pruned, folder / "model.pt", half=False)
+    return pruned, info
 
 
 def baseline(name: str, imgsz: int, out: Path, device: str) -> dict:

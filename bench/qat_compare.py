@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--data", default="bccd")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr0", type=float, default=QATConfig.lr0)
+    parser.add_argument("--nbs", type=int, default=QATConfig.nbs, help="QATConfig.nbs")
     parser.add_argument("--freeze-bn", action="store_true", help="QATConfig.freeze_bn")
     parser.add_argument("--out", type=Path, default=Path("bench/results/qat_compare"))
     args = parser.parse_args()
@@ -58,9 +59,11 @@ def main() -> None:
     if "fp32" not in rows:
         record("fp32", onnx_fp32)
     # QAT first: the longest and least certain part of the run
-    config = QuantConfig("qat", qat=QATConfig(epochs=args.epochs, lr0=args.lr0, freeze_bn=args.freeze_bn))
+    config = QuantConfig("qat", qat=QATConfig(epochs=args.epochs, lr0=args.lr0, nbs=args.nbs,
+                                                 freeze_bn=args.freeze_bn))
     # QAT rows of several settings share one results file
-    run = f"qat_e{args.epochs}_lr{args.lr0:g}" + ("_freeze_bn" if args.freeze_bn else "")
+    run = (f"qat_e{args.epochs}_lr{args.lr0:g}" + (f"_nbs{args.nbs}" if args.nbs != QATConfig.nbs else "")
+           + ("_freeze_bn" if args.freeze_bn else ""))
     if not all(f"{run}_{scheme}" in rows for scheme in SCHEMES):
         trained, trained_info = qat_train(model, config, data, IMGSZ, "cpu", folder / run)
         rows[f"{run}_train"] = trained_info

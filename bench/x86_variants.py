@@ -1,5 +1,6 @@
 """x86 INT8 variants tried on one model (BENCHMARKS.md, "x86: both quantizers measured"): NNCF settings, and
-OpenVINO reading a QDQ ONNX with every op or only Conv quantized, against the rows of a `bench/quant_compare.py`
+OpenVINO reading a QDQ ONNX with onnxruntime's placement (every op and its output) or the x86 scheme's
+(convolution inputs only, as NNCF places FakeQuantize), against the rows of a `bench/quant_compare.py`
 run on the same --out (its FP32 ONNX, OpenVINO FP32, Ultralytics' OpenVINO INT8 and our `auto` artifact).
 
     YOLO_OFFLINE=1 .venv/bin/python bench/x86_variants.py --model yolov8n-raccoon --out bench/results/quant_compare
@@ -22,7 +23,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from edgecompress.pipeline.yolo import evaluate  # noqa: E402  (first: no label caches in the dataset)
 from edgecompress.calibration import batches, select_images  # noqa: E402
 from edgecompress.calibration.graph import head_decode_nodes, head_scope  # noqa: E402
-from edgecompress.pipeline.quantize import QuantConfig, _cached_ranges, _scheme, quantize_qdq  # noqa: E402
+from edgecompress.pipeline.quantize import QuantConfig, Scheme, _cached_ranges, quantize_qdq  # noqa: E402
 from edgecompress.targets import TARGETS  # noqa: E402
 from edgecompress.targets.runtimes import convert_onnx  # noqa: E402
 from common import SHARED, time_alternating  # noqa: E402
@@ -70,11 +71,12 @@ def main() -> None:
             artifact, data, 640, "val", 0.001, 0.7, "cpu", work / "val")["map50_95"]}
         print(label, results[label]["map50_95"], flush=True)
 
-    # OpenVINO reading our QDQ ONNX: every op quantized (what `qdq` builds) or only Conv (NNCF's placement)
-    ranges = _cached_ranges(fp32, images, 640, config, _scheme(TARGETS["x86"], config), work)
+    # OpenVINO reading our QDQ ONNX: onnxruntime's placement (the onnx target's scheme, the same uint8 ranges) or
+    # the x86 scheme's (convolution inputs only)
+    ranges = _cached_ranges(fp32, images, 640, config, Scheme.of(TARGETS["x86"], config), work)
     decode = head_decode_nodes(onnx.load(str(fp32), load_external_data=False))
-    for label, ops in (("qdq_all_ops", None), ("qdq_conv_only", ["Conv"])):
-        qdq = quantize_qdq(fp32, ranges, work / f"{label}.onnx", _scheme(TARGETS["x86"], config), decode, ops)
+    for label, target in (("qdq_every_op", "onnx"), ("qdq_conv_inputs", "x86")):
+        qdq = quantize_qdq(fp32, ranges, work / f"{label}.onnx", Scheme.of(TARGETS[target], config), decode)
         convert_onnx("openvino", qdq, work / f"{label}_openvino_model", folder / "metadata.yaml")
         record(label, work / f"{label}_openvino_model")
     scope = head_scope(onnx.load(str(fp32), load_external_data=False))
@@ -88,7 +90,7 @@ def main() -> None:
         dest.mkdir(parents=True)
         ov.save_model(quantized, str(dest / f"{name}.xml"), compress_to_fp16=False)
         record(label, dest)
-    timed = {label: (Path(results[label]["artifact"]), "openvino") for label in ("qdq_all_ops", "qdq_conv_only")}
+    timed = {label: (Path(results[label]["artifact"]), "openvino") for label in ("qdq_every_op", "qdq_conv_inputs")}
     for key in ("ul_ov_int8", "ours_x86_auto"):
         timed[key] = (Path(rows[key]["artifact"]), "openvino")
         results[key] = {"map50_95": rows[key]["map50_95"]}

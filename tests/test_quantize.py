@@ -22,6 +22,7 @@ from edgecompress.targets.runtimes import RUNTIMES, convert_onnx
 DECODE = ["/model.1/Sigmoid", "/model.1/Mul"]
 TENSORRT = Scheme(symmetric_activations=True, per_channel=True, weight_qdq_pair=True)
 ONNXRUNTIME = Scheme(symmetric_activations=False, per_channel=True, weight_qdq_pair=False)
+OPENVINO = Scheme(symmetric_activations=False, per_channel=True, weight_qdq_pair=False, conv_inputs_only=True)
 
 
 @pytest.fixture
@@ -123,7 +124,8 @@ def test_validator_rejects_each_broken_rule(fp32, tmp_path):
         tensorrt_rules.check(m)
 
 
-@pytest.mark.parametrize("scheme", [ONNXRUNTIME, TENSORRT], ids=["uint8-asymmetric", "int8-symmetric"])
+@pytest.mark.parametrize("scheme", [ONNXRUNTIME, TENSORRT, OPENVINO],
+                         ids=["uint8-asymmetric", "int8-symmetric", "conv-inputs-only"])
 def test_qdq_models_run_in_onnxruntime_and_openvino(fp32, tmp_path, scheme):
     quantized = qdq(fp32, tmp_path, scheme)
     x = ramp_inputs()[1]
@@ -136,6 +138,22 @@ def test_qdq_models_run_in_onnxruntime_and_openvino(fp32, tmp_path, scheme):
         # outputs are 640 * sigmoid(...): 8-bit steps of inputs (~3/127) move them by a few pixels at most
         assert np.abs(got - expected).max() < 0.02 * 640, runtime
         assert np.abs(got - expected).max() > 0, runtime  # it really ran quantized
+
+
+def test_each_target_gets_its_runtimes_placement(fp32, tmp_path):
+    config = QuantConfig()
+    assert Scheme.of(TARGETS["x86"], config) == OPENVINO
+    assert Scheme.of(TARGETS["onnx"], config) == ONNXRUNTIME
+    assert Scheme.of(TARGETS["jetson-orin-nano"], config) == TENSORRT
+
+    def quantized_tensors(scheme: Scheme) -> set[str]:
+        model = onnx.load(str(qdq(fp32, tmp_path, scheme, exclude=[], name=f"{scheme.conv_inputs_only}.onnx")))
+        return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+    # OpenVINO: the two convolutions' inputs only (the input image, the Relu's output); no Q/DQ after a
+    # convolution or around Relu, Sigmoid and Mul, and no int32 bias
+    assert quantized_tensors(OPENVINO) == {"images", "b"}
+    assert {"images", "b", "c"} <= quantized_tensors(ONNXRUNTIME)  # and a convolution's output, for QLinearConv
 
 
 def test_fallback_stops_once_the_budget_holds(fp32, tmp_path):

@@ -31,7 +31,7 @@ from edgecompress.calibration.graph import head_decode_nodes, head_scope
 from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
 from edgecompress.errors import UserError
 from edgecompress.pipeline.config import require
-from edgecompress.targets import Int8Rules, Target
+from edgecompress.targets import Target
 from edgecompress.targets import tensorrt_rules
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ QuantMode = Literal["none", "ptq", "qat"]
 # ONNX. Neither wins everywhere: on yolov8n-bccd NNCF was faster at equal accuracy, on yolov8n-raccoon it lost
 # 0.72 mAP50-95 points where the QDQ ONNX gained (BENCHMARKS.md).
 OpenVINOQuantizer = Literal["auto", "nncf", "qdq"]
+QUANTIZED_OPS = ["Conv"]  # what a Scheme with conv_inputs_only quantizes (the inputs of)
 SENSITIVITY_IMAGES = 8  # enough to rank layers by quantization noise; the ranking only orders the fallback
 # Choosing between two x86 candidates that both hold the budget: a short timing, the candidates taking turns
 # for a few rounds so that a shared machine's noise hits both alike; median of the rounds' medians.
@@ -58,6 +59,7 @@ class QATConfig:
     epochs: int = 3
     lr0: float = 1e-4
     batch: int = 8
+    nbs: int = 64  # nominal batch: an optimizer step per nbs / batch batches (Ultralytics' gradient accumulation)
     calibration_batches: int = 8  # batches that set the fake quantizers' ranges before training
     freeze_bn: bool = False  # keep BatchNorm running statistics as loaded while training
 
@@ -66,6 +68,7 @@ class QATConfig:
         require(0 < self.lr0 < 0.1, f"quant.qat.lr0 must be in (0, 0.1), got {self.lr0}; "
                                     f"QAT starts from trained weights, write e.g. 0.0001")
         require(self.batch >= 1, f"quant.qat.batch must be >= 1, got {self.batch}")
+        require(self.nbs >= 1, f"quant.qat.nbs must be >= 1, got {self.nbs}; write the batch for no accumulation")
         require(self.calibration_batches >= 1,
                 f"quant.qat.calibration_batches must be >= 1, got {self.calibration_batches}")
 
@@ -115,25 +118,27 @@ class Scheme:
     symmetric_activations: bool
     per_channel: bool
     weight_qdq_pair: bool  # float weights behind Q/DQ, as TensorRT's ONNX parser expects; else int8 weights + DQ
+    # Q/DQ only at convolution inputs, biases float: where NNCF puts its FakeQuantize ops. OpenVINO runs each Q/DQ
+    # pair as a FakeQuantize, so pairs elsewhere (onnxruntime's placement, which quantizes every op's output to
+    # fuse QLinear kernels) only cost time: 1.25x Ultralytics' NNCF model's latency, against 1.0x.
+    conv_inputs_only: bool = False
 
     @property
     def activation_type(self) -> str:
         return "int8" if self.symmetric_activations else "uint8"
 
     @classmethod
-    def of(cls, rules: Int8Rules, config: QuantConfig) -> Scheme:
+    def of(cls, target: Target, config: QuantConfig) -> Scheme:
+        if target.int8 is None:
+            raise UserError(f"target '{target.name}' runs no INT8; write quant.mode: none (or --quant none)")
+        rules = target.int8
         symmetric = rules.symmetric_activations if config.activations == "target" else config.activations == "symmetric"
         tensorrt = rules.validator == "tensorrt"
         if tensorrt and not (symmetric and config.per_channel):
             raise UserError("TensorRT needs symmetric INT8 activations and per-channel weights; "
                             "write quant.activations: target and quant.per_channel: true for --target jetson")
-        return cls(symmetric, config.per_channel, weight_qdq_pair=tensorrt)
-
-
-def _scheme(target: Target, config: QuantConfig) -> Scheme:
-    if target.int8 is None:
-        raise UserError(f"target '{target.name}' runs no INT8; write quant.mode: none (or --quant none)")
-    return Scheme.of(target.int8, config)
+        return cls(symmetric, config.per_channel, weight_qdq_pair=tensorrt,
+                   conv_inputs_only=target.runtime == "openvino")
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class _Int8Builder:
     @classmethod
     def prepare(cls, onnx_fp32: Path, config: QuantConfig, target: Target, data: str, imgsz: int,
                 workdir: Path, nncf: bool, outdir: Path | None = None) -> _Int8Builder:
-        scheme = _scheme(target, config)
+        scheme = Scheme.of(target, config)
         outdir = outdir or workdir
         outdir.mkdir(parents=True, exist_ok=True)
         images = select_images(data, config.calibration_images, config.seed)
@@ -211,7 +216,8 @@ def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, im
         used = _cached_ranges(onnx_fp32, first.images, imgsz, config, first.scheme, workdir)
         sqnr = tensor_sqnr(onnx_fp32, used, batches(first.images[:SENSITIVITY_IMAGES], imgsz))
         candidates = [n.name for n in onnx.load(str(onnx_fp32), load_external_data=False).graph.node
-                      if n.name not in set(first.decode) and n.op_type not in ("Constant", "Shape")]
+                      if n.name not in set(first.decode) and n.op_type not in ("Constant", "Shape")
+                      and (n.op_type in QUANTIZED_OPS or not first.scheme.conv_inputs_only)]
         timings["sensitivity_s"] = round(time.perf_counter() - clock, 1)
         return rank_nodes(onnx_fp32, sqnr, candidates)
 
@@ -336,7 +342,7 @@ def qat(model: DetectionModel, config: QuantConfig, target: Target, data: str, i
     2.5x slower there, DESIGN.md). BatchNorm folding scales each weight channel's grid along, so the per-channel
     weight grid that training adapted to survives the re-quantization.
     """
-    _scheme(target, config)  # a scheme the target cannot run fails here, before the long training
+    Scheme.of(target, config)  # a scheme the target cannot run fails here, before the long training
     trained, trained_info = qat_train(model, config, data, imgsz, device, Path(workdir) / "train")
     artifact, info = qat_export(trained, config, target, data, imgsz, workdir)
     info.update(epochs_log=trained_info["epochs_log"], timings={**trained_info["timings"], **info["timings"]})
@@ -353,7 +359,7 @@ def qat_train(model: DetectionModel, config: QuantConfig, data: str, imgsz: int,
     # A short run from trained weights: the preserve schedule (no warm-up, whose bias lr 0.1 wrecks a trained model)
     # at QAT's own rate, and no mosaic, so training sees images like the calibration batches and the val split.
     settings = FinetuneConfig(epochs=config.qat.epochs, schedule="preserve", lr0=config.qat.lr0,
-                              freeze_bn=config.qat.freeze_bn, batch=config.qat.batch, mosaic=0.0, close_mosaic=0,
+                              freeze_bn=config.qat.freeze_bn, batch=config.qat.batch, nbs=config.qat.nbs, mosaic=0.0, close_mosaic=0,
                               seed=config.seed)
     trained, info = finetune(model, settings, data, imgsz, device, workdir, qat_batches=config.qat.calibration_batches)
     return trained, {"epochs_log": info["epochs_log"], "timings": {"train_s": round(time.perf_counter() - clock, 1)}}
@@ -461,9 +467,8 @@ def _cached_ranges(model: Path, images: Sequence[Path], imgsz: int, config: Quan
     return ranges
 
 
-def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclude: Sequence[str],
-                 op_types: Sequence[str] | None = None) -> Path:
-    """A QDQ ONNX of `model` with `ranges`, every node (or every node of `op_types`) but `exclude` quantized;
+def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclude: Sequence[str]) -> Path:
+    """A QDQ ONNX of `model` with `ranges`, every node the scheme places Q/DQ at but `exclude` quantized;
     keeps the ONNX metadata."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -475,12 +480,14 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
         str(model), str(dest), None, quant_format=QuantFormat.QDQ, per_channel=scheme.per_channel,
         activation_type=QuantType.QInt8 if scheme.symmetric_activations else QuantType.QUInt8,
         weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=list(op_types) if op_types else None,
+        op_types_to_quantize=QUANTIZED_OPS if scheme.conv_inputs_only else None,
         calibration_cache_path=str(cache),
         extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
                        # TensorRT takes float weights behind Q/DQ and float biases; onnxruntime fuses
                        # DQ-Conv-Q into QLinearConv only with int8 weights and an int32 bias
-                       "AddQDQPairToWeight": scheme.weight_qdq_pair, "QuantizeBias": not scheme.weight_qdq_pair},
+                       "AddQDQPairToWeight": scheme.weight_qdq_pair,
+                       "QuantizeBias": not (scheme.weight_qdq_pair or scheme.conv_inputs_only),
+                       "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS if scheme.conv_inputs_only else []},
     )
     cache.unlink()
     quantized = onnx.load(str(dest))

@@ -22,8 +22,6 @@ class Int8Rules:
     quantizer: str  # "onnxruntime": QDQ ONNX from calibrated ranges; "nncf": NNCF on the OpenVINO model
     activation_type: str  # "uint8" or "int8"
     symmetric_activations: bool
-    per_channel_weights: bool = True  # weights are always symmetric int8, one scale per output channel
-    min_opset: int = 13  # per-channel DequantizeLinear
     validator: str = ""  # a rule checker every artifact must pass: "tensorrt", or "" for none
 
 
