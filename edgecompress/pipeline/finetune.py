@@ -68,7 +68,6 @@ class FinetuneConfig:
     close_mosaic: int = 10  # last epochs without mosaic (Ultralytics' default): short runs see no mosaic at all
     batch: int = 16
     nbs: int = 64  # nominal batch: gradients of nbs / batch batches are accumulated into each optimizer step
-    warmup_bias_lr: float = 0.1  # the biases' lr at the start of warm-up (Ultralytics': 0 with optimizer auto)
     workers: int = 2
     distill: float = 0.0  # weight of the distillation loss from the unpruned reference (Ultralytics' `dis`); 0 = off
     seed: int = 0
@@ -87,7 +86,6 @@ class FinetuneConfig:
         require(self.close_mosaic >= 0, f"finetune.close_mosaic must be >= 0, got {self.close_mosaic}")
         require(self.batch >= 1, f"finetune.batch must be >= 1, got {self.batch}")
         require(self.nbs >= 1, f"finetune.nbs must be >= 1, got {self.nbs}; write the batch size for no accumulation")
-        require(self.warmup_bias_lr >= 0, f"finetune.warmup_bias_lr must be >= 0, got {self.warmup_bias_lr}")
         require(self.workers >= 0, f"finetune.workers must be >= 0, got {self.workers}")
         require(self.distill >= 0, f"finetune.distill is a loss weight and must be >= 0, got {self.distill}")
 
@@ -157,7 +155,7 @@ def finetune(model: DetectionModel, config: FinetuneConfig, data: str, imgsz: in
         "model": str(start), "data": str(data), "imgsz": imgsz, "epochs": config.epochs, "batch": config.batch,
         "device": device, "workers": config.workers, "project": str(workdir), "name": "train", "exist_ok": True,
         **{k: v for k, v in settings.items() if k != "freeze_bn"}, "mosaic": config.mosaic,
-        "close_mosaic": config.close_mosaic, "nbs": config.nbs, "warmup_bias_lr": config.warmup_bias_lr,
+        "close_mosaic": config.close_mosaic, "nbs": config.nbs,
         "seed": config.seed, "plots": False, "amp": False, "verbose": False,
         "val": True,
     }
