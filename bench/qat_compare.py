@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr0", type=float, default=QATConfig.lr0)
     parser.add_argument("--nbs", type=int, default=QATConfig.nbs, help="QATConfig.nbs")
-    parser.add_argument("--freeze-bn", action="store_true", help="QATConfig.freeze_bn")
+    parser.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=QATConfig.freeze_bn,
+                        help="QATConfig.freeze_bn")
     parser.add_argument("--out", type=Path, default=Path("bench/results/qat_compare"))
     args = parser.parse_args()
     data = str(SHARED / "datasets" / args.data / "data.yaml")
@@ -62,8 +63,8 @@ def main() -> None:
     config = QuantConfig("qat", qat=QATConfig(epochs=args.epochs, lr0=args.lr0, nbs=args.nbs,
                                                  freeze_bn=args.freeze_bn))
     # QAT rows of several settings share one results file
-    run = (f"qat_e{args.epochs}_lr{args.lr0:g}" + (f"_nbs{args.nbs}" if args.nbs != QATConfig.nbs else "")
-           + ("_freeze_bn" if args.freeze_bn else ""))
+    # (rows named without _nbs were made with nbs 64, the former default)
+    run = f"qat_e{args.epochs}_lr{args.lr0:g}_nbs{args.nbs}" + ("_freeze_bn" if args.freeze_bn else "")
     if not all(f"{run}_{scheme}" in rows for scheme in SCHEMES):
         trained, trained_info = qat_train(model, config, data, IMGSZ, "cpu", folder / run)
         rows[f"{run}_train"] = trained_info

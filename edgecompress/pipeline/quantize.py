@@ -54,14 +54,19 @@ CHOICE_ROUNDS = 3
 
 @dataclass(frozen=True)
 class QATConfig:
-    """Fake-quantized fine-tuning: short, at a small learning rate, from the already trained weights."""
+    """Fake-quantized fine-tuning: short, at a small learning rate, from the already trained weights.
+
+    An optimizer step per batch (`nbs` = `batch`) and frozen BatchNorm statistics: Ultralytics' nominal batch of 64
+    accumulates 8 batches into each step, which leaves 3 epochs on a small dataset about 10 steps; on yolo11n-bccd
+    those lost 1.3 points for the jetson scheme where 78 steps gain back most of what PTQ loses (BENCHMARKS.md).
+    """
 
     epochs: int = 3
     lr0: float = 1e-4
     batch: int = 8
-    nbs: int = 64  # nominal batch: an optimizer step per nbs / batch batches (Ultralytics' gradient accumulation)
+    nbs: int = 8  # nominal batch: an optimizer step per nbs / batch batches (Ultralytics' gradient accumulation)
     calibration_batches: int = 8  # batches that set the fake quantizers' ranges before training
-    freeze_bn: bool = False  # keep BatchNorm running statistics as loaded while training
+    freeze_bn: bool = True  # keep BatchNorm running statistics as loaded while training
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, f"quant.qat.epochs must be >= 1, got {self.epochs}")
@@ -359,8 +364,8 @@ def qat_train(model: DetectionModel, config: QuantConfig, data: str, imgsz: int,
     # A short run from trained weights: the preserve schedule (no warm-up, whose bias lr 0.1 wrecks a trained model)
     # at QAT's own rate, and no mosaic, so training sees images like the calibration batches and the val split.
     settings = FinetuneConfig(epochs=config.qat.epochs, schedule="preserve", lr0=config.qat.lr0,
-                              freeze_bn=config.qat.freeze_bn, batch=config.qat.batch, nbs=config.qat.nbs, mosaic=0.0, close_mosaic=0,
-                              seed=config.seed)
+                              freeze_bn=config.qat.freeze_bn, batch=config.qat.batch, nbs=config.qat.nbs,
+                              mosaic=0.0, close_mosaic=0, seed=config.seed)
     trained, info = finetune(model, settings, data, imgsz, device, workdir, qat_batches=config.qat.calibration_batches)
     return trained, {"epochs_log": info["epochs_log"], "timings": {"train_s": round(time.perf_counter() - clock, 1)}}
 
