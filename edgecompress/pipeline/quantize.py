@@ -41,8 +41,8 @@ LOG = logging.getLogger(__name__)
 
 QuantMode = Literal["none", "ptq", "qat"]
 # x86 INT8: both candidates built and the better kept, NNCF on the OpenVINO model, or OpenVINO reading our QDQ
-# ONNX. Neither wins everywhere: on yolov8n-bccd NNCF was faster at equal accuracy, on yolov8n-raccoon it lost
-# 0.72 mAP50-95 points where the QDQ ONNX gained (BENCHMARKS.md).
+# ONNX. Neither wins everywhere: on yolov8n-raccoon NNCF lost 0.72 mAP50-95 points where the QDQ ONNX gained, on
+# yolo11n-bccd it held FP32's accuracy (BENCHMARKS.md).
 OpenVINOQuantizer = Literal["auto", "nncf", "qdq"]
 QUANTIZED_OPS = ["Conv"]  # what a Scheme with conv_inputs_only quantizes (the inputs of)
 SENSITIVITY_IMAGES = 8  # enough to rank layers by quantization noise; the ranking only orders the fallback
