@@ -78,10 +78,12 @@ TARGETS: dict[str, Target] = {
         _jetson("jetson-orin-nx", "Orin NX (16 GB: 2 DLA cores; the 8 GB module has 1)", dla_cores=2,
                 workspace_mib=2048),
         _jetson("jetson-agx-orin", "AGX Orin (2 DLA cores)", dla_cores=2, workspace_mib=4096),
-        # NNCF's MIXED preset: asymmetric uint8 activations, symmetric per-channel int8 weights. AVX2 holds
-        # 8 float lanes and oneDNN blocks channels by 8 (AVX2) or 16 (AVX-512).
+        # NNCF's MIXED preset: asymmetric uint8 activations, symmetric per-channel int8 weights. oneDNN blocks
+        # channels by 8 (AVX2) or 16 (AVX-512); 16 suits both. Pruned yolov8n-bccd at -35% FLOPs, OpenVINO FP32 on
+        # an AVX-512 CPU: latency fell 0.72 and 0.79 times as much as FLOPs rounded to 16, 0.72 and 0.67 rounded
+        # to 8, 0.42 and 0.55 unrounded (two quiet timings of 15 rounds, BENCHMARKS.md).
         Target("x86", "openvino", "x86 CPU with OpenVINO", ("int8", "fp32"), Int8Rules("nncf", "uint8", False),
-               channel_multiple=8),
+               channel_multiple=16),
         # NEON registers hold 4 float lanes.
         Target("arm", "onnxruntime", "Arm CPU (Raspberry Pi 5, Graviton) with onnxruntime", ("int8", "fp32"),
                _ORT_INT8, channel_multiple=4),
