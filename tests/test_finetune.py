@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import edgecompress.pipeline.yolo as yolo  # first: Ultralytics must not write caches into the dataset
@@ -42,9 +43,11 @@ def test_no_grow_back_after_a_fine_tune_epoch(pruned_and_tuned):
 
 
 def test_auto_schedule_recovers_a_pruned_model(pruned_and_tuned):
-    chosen = pruned_and_tuned[3]["schedule"]
+    chosen, work = pruned_and_tuned[3]["schedule"], pruned_and_tuned[4]
     assert chosen["auto"]["points_below"] > 1.0 and chosen["name"] == "recover"
     assert chosen["settings"]["warmup_epochs"] == 3.0 and not chosen["settings"]["freeze_bn"]
+    trainer_args = yaml.safe_load((work / "finetune" / "train" / "args.yaml").read_text())
+    assert trainer_args["nbs"] == 16 and trainer_args["warmup_epochs"] == 3.0  # what the trainer really ran with
 
 
 def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(demo, tmp_path):
