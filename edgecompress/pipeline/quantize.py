@@ -58,7 +58,7 @@ class QATConfig:
 
     An optimizer step per batch (`nbs` = `batch`) and frozen BatchNorm statistics: Ultralytics' nominal batch of 64
     accumulates 8 batches into each step, which leaves 3 epochs on a small dataset about 10 steps; on yolo11n-bccd
-    those lost 1.3 points for the jetson scheme where 78 steps gain back most of what PTQ loses (BENCHMARKS.md).
+    those lost 1.3 points for the jetson scheme, where 78 steps win back two thirds of PTQ's 0.64 (BENCHMARKS.md).
     """
 
     epochs: int = 3
