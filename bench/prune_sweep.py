@@ -109,7 +109,7 @@ def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out
         return json.loads(result_file.read_text())
     base = yolo.load_model(MODELS / f"{name}.pt")
     t0 = time.time()
-    pruned, info = pruned_point(name, flops, recipe, imgsz, out, device)
+    pruned, info = pruned_point(base, name, flops, recipe, imgsz, out, device)
     ft_kw = RECIPES[recipe][1]
     before_ft = evaluate_model(pruned, str(DATA), imgsz, device, folder / "eval_pruned")
     ft_config = FinetuneConfig(**{"epochs": epochs, "workers": workers, **ft_kw, **ft_extra})
@@ -126,16 +126,17 @@ def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out
     return result
 
 
-def pruned_point(name: str, flops: float, recipe: str, imgsz: int, out: Path, device: str) -> tuple[Any, dict]:
-    """The point's model before fine-tuning and its prune info: pruned once, then shared by every run of the point
-    that differs only in its fine-tuning settings."""
+def pruned_point(base: Any, name: str, flops: float, recipe: str, imgsz: int, out: Path,
+                 device: str) -> tuple[Any, dict]:
+    """The point's model (`base` pruned) before fine-tuning and its prune info: pruned once, then shared by every
+    run of the point that differs only in its fine-tuning settings."""
     folder = out / "pruned" / f"{name}-{int(round(flops * 100))}-{recipe}-{imgsz}"
     if (folder / "model.pt").exists():
         return yolo.load_model(folder / "model.pt"), json.loads((folder / "prune" / "prune_info.json").read_text())
     prune_kw = RECIPES[recipe][0]
     config = PruneConfig(**{prune_kw.get("amount", "flops"): flops},
                          **{k: v for k, v in prune_kw.items() if k != "amount"})
-    pruned, info = prune(yolo.load_model(MODELS / f"{name}.pt"), config, str(DATA), imgsz, device, folder / "prune")
+    pruned, info = prune(base, config, str(DATA), imgsz, device, folder / "prune")
     yolo.save_checkpoint(pruned, folder / "model.pt", half=False)
     return pruned, info
 

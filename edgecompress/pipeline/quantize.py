@@ -44,7 +44,6 @@ QuantMode = Literal["none", "ptq", "qat"]
 # ONNX. Neither wins everywhere: on yolov8n-raccoon NNCF lost 0.72 mAP50-95 points where the QDQ ONNX gained, on
 # yolo11n-bccd it held FP32's accuracy (BENCHMARKS.md).
 OpenVINOQuantizer = Literal["auto", "nncf", "qdq"]
-QUANTIZED_OPS = ["Conv"]  # what a Scheme with conv_inputs_only quantizes (the inputs of)
 SENSITIVITY_IMAGES = 8  # enough to rank layers by quantization noise; the ranking only orders the fallback
 # Choosing between two x86 candidates that both hold the budget: a short timing, the candidates taking turns
 # for a few rounds so that a shared machine's noise hits both alike; median of the rounds' medians.
@@ -131,6 +130,11 @@ class Scheme:
     @property
     def activation_type(self) -> str:
         return "int8" if self.symmetric_activations else "uint8"
+
+    @property
+    def quantized_ops(self) -> list[str] | None:
+        """The op types whose inputs carry Q/DQ; None: every op, outputs included."""
+        return ["Conv"] if self.conv_inputs_only else None
 
     @classmethod
     def of(cls, target: Target, config: QuantConfig) -> Scheme:
@@ -222,7 +226,7 @@ def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, im
         sqnr = tensor_sqnr(onnx_fp32, used, batches(first.images[:SENSITIVITY_IMAGES], imgsz))
         candidates = [n.name for n in onnx.load(str(onnx_fp32), load_external_data=False).graph.node
                       if n.name not in set(first.decode) and n.op_type not in ("Constant", "Shape")
-                      and (n.op_type in QUANTIZED_OPS or not first.scheme.conv_inputs_only)]
+                      and (first.scheme.quantized_ops is None or n.op_type in first.scheme.quantized_ops)]
         timings["sensitivity_s"] = round(time.perf_counter() - clock, 1)
         return rank_nodes(onnx_fp32, sqnr, candidates)
 
@@ -485,14 +489,14 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
         str(model), str(dest), None, quant_format=QuantFormat.QDQ, per_channel=scheme.per_channel,
         activation_type=QuantType.QInt8 if scheme.symmetric_activations else QuantType.QUInt8,
         weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=QUANTIZED_OPS if scheme.conv_inputs_only else None,
+        op_types_to_quantize=scheme.quantized_ops,
         calibration_cache_path=str(cache),
         extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
                        # TensorRT takes float weights behind Q/DQ and float biases; onnxruntime fuses
                        # DQ-Conv-Q into QLinearConv only with int8 weights and an int32 bias
                        "AddQDQPairToWeight": scheme.weight_qdq_pair,
                        "QuantizeBias": not (scheme.weight_qdq_pair or scheme.conv_inputs_only),
-                       "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS if scheme.conv_inputs_only else []},
+                       "OpTypesToExcludeOutputQuantization": scheme.quantized_ops or []},
     )
     cache.unlink()
     quantized = onnx.load(str(dest))
