@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--nbs", type=int, default=QATConfig.nbs, help="QATConfig.nbs")
     parser.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=QATConfig.freeze_bn,
                         help="QATConfig.freeze_bn")
+    parser.add_argument("--distill", type=float, default=QATConfig.distill, help="QATConfig.distill")
     parser.add_argument("--out", type=Path, default=Path("bench/results/qat_compare"))
     args = parser.parse_args()
     data = str(SHARED / "datasets" / args.data / "data.yaml")
@@ -61,10 +62,11 @@ def main() -> None:
         record("fp32", onnx_fp32)
     # QAT first: the longest and least certain part of the run
     config = QuantConfig("qat", qat=QATConfig(epochs=args.epochs, lr0=args.lr0, nbs=args.nbs,
-                                                 freeze_bn=args.freeze_bn))
+                                                 freeze_bn=args.freeze_bn, distill=args.distill))
     # QAT rows of several settings share one results file
     # (rows named without _nbs were made with nbs 64, the former default)
-    run = f"qat_e{args.epochs}_lr{args.lr0:g}_nbs{args.nbs}" + ("_freeze_bn" if args.freeze_bn else "")
+    run = (f"qat_e{args.epochs}_lr{args.lr0:g}_nbs{args.nbs}" + ("_freeze_bn" if args.freeze_bn else "")
+           + (f"_distill{args.distill:g}" if args.distill else ""))
     if not all(f"{run}_{scheme}" in rows for scheme in SCHEMES):
         trained, trained_info = qat_train(model, config, data, IMGSZ, "cpu", folder / run)
         rows[f"{run}_train"] = trained_info
@@ -77,8 +79,9 @@ def main() -> None:
             artifact, info = quantize(onnx_fp32, ptq, TARGETS[target], data, IMGSZ, folder / f"ptq_{scheme}",
                                       map_of)
             record(f"ptq_{scheme}", artifact, {k: info[k] for k in ("scheme", "calibration_images", "timings")})
-    artifacts = {key: (Path(row["artifact"]), "onnxruntime") for key, row in rows.items()
-                 if isinstance(row, dict) and "artifact" in row}
+    # this run's rows, timed side by side with the baselines (FP32, PTQ); earlier rows keep their own run's timings
+    timed = ["fp32", *(f"ptq_{scheme}" for scheme in SCHEMES), *(f"{run}_{scheme}" for scheme in SCHEMES)]
+    artifacts = {key: (Path(rows[key]["artifact"]), "onnxruntime") for key in timed}
     for key, timing in time_alternating(artifacts, runs=30).items():
         rows[key]["latency_ms"] = timing["p50_ms"]
     rows["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"

@@ -14,7 +14,7 @@ from torch import nn
 
 import edgecompress.pipeline.yolo as yolo  # first: Ultralytics must not write caches into the dataset
 from edgecompress.pipeline.config import ConfigError
-from edgecompress.pipeline.finetune import FinetuneConfig, finetune
+from edgecompress.pipeline.finetune import FinetuneConfig, _output_distillation, finetune
 from edgecompress.pipeline.prune import PruneConfig, prune
 
 IMGSZ = 96
@@ -106,10 +106,23 @@ def test_distillation_and_group_sparse_training_run(demo, tmp_path):
     pruned, info = prune(base, PruneConfig(ratio=0.2, criterion="group_norm", sparse_epochs=1), str(demo[1]),
                          IMGSZ, "cpu", tmp_path / "prune")
     assert info["sparse_training"]["epochs_log"]
-    tuned, _ = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0, distill=1.0), str(demo[1]), IMGSZ,
-                        "cpu", tmp_path / "ft", reference=base)
+    tuned, ft = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0, distill=1.0), str(demo[1]), IMGSZ,
+                         "cpu", tmp_path / "ft", reference=base)
     assert widths(tuned) == widths(pruned)
+    assert ft["epochs_log"][0]["train/dis_loss"] > 0
     assert all(type(m).__module__.startswith(("torch.nn.", "ultralytics.nn.")) for m in tuned.modules())
+
+
+@pytest.mark.parametrize("channels", [64, 4])  # DFL bins (YOLOv8, YOLO11) and plain regressions (YOLO26)
+def test_output_distillation_is_minimal_where_the_student_matches_the_teacher(channels):
+    torch.manual_seed(0)
+    teacher = {"boxes": torch.randn(2, channels, 30), "scores": torch.randn(2, 3, 30) * 3}
+    student = {k: v.clone().requires_grad_() for k, v in teacher.items()}
+    at_teacher = _output_distillation(student, teacher)
+    at_teacher.backward()
+    assert all(torch.allclose(v.grad, torch.zeros_like(v), atol=1e-6) for v in student.values())
+    moved = {k: v + torch.randn_like(v) for k, v in teacher.items()}
+    assert _output_distillation(moved, teacher) > at_teacher
 
 
 def test_config_errors_name_the_value():

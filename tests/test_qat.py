@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,13 @@ def test_qat_onnx_target_requantizes_trained_weights_in_uint8(demo, tmp_path):
     assert info["scheme"]["activations"] == "uint8 asymmetric" and info["ranges"].startswith("recalibrated")
 
 
-def test_qat_after_pruning_gives_a_tensorrt_valid_jetson_model(demo, tmp_path):
+def test_qat_after_pruning_with_distillation_gives_a_tensorrt_valid_jetson_model(demo, tmp_path):
     model = load_model(demo[0])
     widths = sum(p.numel() for p in model.parameters())
     pruned, _ = prune(model, PruneConfig(flops=0.2), str(demo[1]), IMGSZ, "cpu", tmp_path / "prune")
-    artifact, info = qat(pruned, CONFIG, TARGETS["jetson-orin-nano"], str(demo[1]), IMGSZ, "cpu", tmp_path / "qat")
+    distilled = replace(CONFIG, qat=replace(CONFIG.qat, distill=1.0))
+    artifact, info = qat(pruned, distilled, TARGETS["jetson-orin-nano"], str(demo[1]), IMGSZ, "cpu", tmp_path / "qat")
+    assert info["epochs_log"][0]["train/dis_loss"] > 0
     model = _runs_and_predicts(artifact, _first_image(demo[1]))
     assert tensorrt_rules.violations(model) == []
     weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)

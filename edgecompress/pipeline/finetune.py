@@ -33,12 +33,14 @@ from typing import Any, Callable, Iterator, Literal
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
 import ultralytics.engine.trainer as _ul_trainer
 from torch import nn
 from ultralytics.cfg import get_cfg
 from ultralytics.data import build_dataloader, build_yolo_dataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils.torch_utils import unwrap_model
 
@@ -98,6 +100,47 @@ class FinetuneConfig:
         return {k: default if (v := getattr(self, k)) is None else v for k, default in chosen.items()}
 
 
+class OutputDistillation(DistillationModel):
+    """Ultralytics' DistillationModel with its loss on the head's outputs instead of the neck's features.
+
+    Ultralytics distils neck features through a projector that starts untrained, and a short fine-tune spends its
+    few steps fitting it: at its default weight it cost the pruned yolo11n-bccd 13 points (BENCHMARKS.md). A pruned
+    student keeps its teacher's head layout (classes, DFL bins, anchors), so the raw outputs compare directly: the
+    class logits against the teacher's probabilities as soft targets, normalised like Ultralytics' class loss, and
+    the box distributions by KL divergence, weighted by the teacher's confidence like its box loss.
+    """
+
+    def loss(self, batch, preds=None):
+        if not self.training:
+            return super().loss(batch, preds)
+        with torch.no_grad():
+            _, teacher = self.teacher_model(batch["img"])  # in eval mode: (decoded, raw outputs)
+        preds = self.student_model(batch["img"])
+        regular, items = self.student_model.loss(batch, preds)
+        distill = self.dis * sum(_output_distillation(s, t) for s, t in zip(_branches(preds), _branches(teacher)))
+        items["dis_loss"] = distill.detach().reshape(1)
+        return torch.cat([regular, (distill * batch["img"].shape[0]).reshape(1)]), items
+
+
+def _branches(raw: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """The raw output dicts of a head: one, or an end-to-end head's one-to-many and one-to-one."""
+    return [raw["one2many"], raw["one2one"]] if "one2many" in raw else [raw]
+
+
+def _output_distillation(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    probs = teacher["scores"].sigmoid()  # (B, classes, anchors)
+    weight = probs.amax(1)  # (B, anchors)
+    cls = F.binary_cross_entropy_with_logits(student["scores"], probs, reduction="sum") / probs.sum().clamp(min=1)
+    b, channels, anchors = teacher["boxes"].shape
+    if channels == 4:  # no DFL (YOLO26): the box regressions themselves
+        per_anchor = F.smooth_l1_loss(student["boxes"], teacher["boxes"], reduction="none").sum(1)
+    else:
+        bins = (b, 4, channels // 4, anchors)
+        per_anchor = F.kl_div(student["boxes"].view(bins).log_softmax(2), teacher["boxes"].view(bins).log_softmax(2),
+                              log_target=True, reduction="none").sum((1, 2))
+    return cls + (per_anchor * weight).sum() / weight.sum().clamp(min=1)
+
+
 class KeepModelTrainer(DetectionTrainer):
     """A DetectionTrainer that trains the module in its checkpoint as it is (no rebuild from yaml).
 
@@ -119,7 +162,8 @@ class KeepModelTrainer(DetectionTrainer):
     def _setup_train(self):
         # Ultralytics calls prepare_qat with its fixed 8 calibration batches; pass ours instead
         calibrate = partial(_ul_trainer.prepare_qat, batches=self.qat_batches)
-        with mock.patch.object(_ul_trainer, "prepare_qat", calibrate) if self.qat_batches else nullcontext():
+        with mock.patch.object(_ul_trainer, "prepare_qat", calibrate) if self.qat_batches else nullcontext(), \
+                mock.patch.object(_ul_trainer, "DistillationModel", OutputDistillation):
             super()._setup_train()
         module = unwrap_model(self.model)
         self._regularise = type(self).regulariser(module) if type(self).regulariser else None

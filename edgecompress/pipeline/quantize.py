@@ -66,6 +66,7 @@ class QATConfig:
     nbs: int = 8  # nominal batch: an optimizer step per nbs / batch batches (Ultralytics' gradient accumulation)
     calibration_batches: int = 8  # batches that set the fake quantizers' ranges before training
     freeze_bn: bool = True  # keep BatchNorm running statistics as loaded while training
+    distill: float = 0.0  # weight of distillation from the float model (finetune.OutputDistillation); 0 = off
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, f"quant.qat.epochs must be >= 1, got {self.epochs}")
@@ -75,6 +76,7 @@ class QATConfig:
         require(self.nbs >= 1, f"quant.qat.nbs must be >= 1, got {self.nbs}; write the batch for no accumulation")
         require(self.calibration_batches >= 1,
                 f"quant.qat.calibration_batches must be >= 1, got {self.calibration_batches}")
+        require(self.distill >= 0, f"quant.qat.distill is a loss weight and must be >= 0, got {self.distill}")
 
 
 @dataclass(frozen=True)
@@ -369,8 +371,9 @@ def qat_train(model: DetectionModel, config: QuantConfig, data: str, imgsz: int,
     # at QAT's own rate, and no mosaic, so training sees images like the calibration batches and the val split.
     settings = FinetuneConfig(epochs=config.qat.epochs, schedule="preserve", lr0=config.qat.lr0,
                               freeze_bn=config.qat.freeze_bn, batch=config.qat.batch, nbs=config.qat.nbs,
-                              mosaic=0.0, close_mosaic=0, seed=config.seed)
-    trained, info = finetune(model, settings, data, imgsz, device, workdir, qat_batches=config.qat.calibration_batches)
+                              mosaic=0.0, close_mosaic=0, distill=config.qat.distill, seed=config.seed)
+    trained, info = finetune(model, settings, data, imgsz, device, workdir, reference=model,
+                             qat_batches=config.qat.calibration_batches)
     return trained, {"epochs_log": info["epochs_log"], "timings": {"train_s": round(time.perf_counter() - clock, 1)}}
 
 
