@@ -50,13 +50,14 @@ DATA = SHARED / "datasets" / "bccd" / "data.yaml"
 # Torch-Pruning's YOLOv8 example ported to Ultralytics 8.4: uniform L2 magnitude, Detect outputs kept, then
 # Ultralytics' default training hyperparameters (optimizer auto, 3 warm-up epochs, lr0 0.01, lrf 0.01, mosaic
 # closed for the last 10 epochs).
-PEER_FINETUNE = dict(schedule="recover", optimizer="auto", lr0=0.01)  # the rest as edgecompress's recover
+# Ultralytics' own batch and nominal batch (16, 64), which the recover schedule no longer uses; the rest as recover
+PEER_FINETUNE = dict(schedule="recover", optimizer="auto", lr0=0.01, batch=16, nbs=64)
 # AdamW at Ultralytics' 'auto' rate without its warm-up (which starts the biases at lr 0.1), mosaic closed for the
 # last epoch; and the fine-tune stage's former defaults (AdamW 1e-4, no warm-up)
 ADAMW_FINETUNE = dict(schedule="recover", optimizer="AdamW", lr0=1e-3, lrf=0.1, warmup_epochs=0.0, mosaic=1.0,
-                      close_mosaic=1, freeze_bn=False)
+                      close_mosaic=1, freeze_bn=False, batch=16, nbs=64)
 GENTLE_FINETUNE = dict(schedule="recover", optimizer="AdamW", lr0=1e-4, lrf=0.1, warmup_epochs=0.0, mosaic=1.0,
-                       close_mosaic=1, freeze_bn=False)
+                       close_mosaic=1, freeze_bn=False, batch=16, nbs=64)
 FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "gentle": GENTLE_FINETUNE, "defaults": {}}
 # edgecompress's candidates: the same fine-tuning, with what edgecompress adds to the pruning (other criteria
 # and allocations, depth) or distillation from the unpruned model (Ultralytics' own DistillationModel, its default

@@ -31,7 +31,7 @@ def pruned_and_tuned(demo, tmp_path_factory):
     work = tmp_path_factory.mktemp("ft")
     base = yolo.load_model(demo[0])
     pruned, _ = prune(base, PruneConfig(flops=0.5), str(demo[1]), IMGSZ, "cpu", work / "prune")
-    tuned, info = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0), str(demo[1]), IMGSZ, "cpu",
+    tuned, info = finetune(pruned, FinetuneConfig(epochs=1, workers=0), str(demo[1]), IMGSZ, "cpu",
                            work / "finetune", reference=base)
     return base, pruned, tuned, info, work
 
@@ -47,7 +47,8 @@ def test_auto_schedule_recovers_a_pruned_model(pruned_and_tuned):
     assert chosen["auto"]["points_below"] > 1.0 and chosen["name"] == "recover"
     assert chosen["settings"]["warmup_epochs"] == 3.0 and not chosen["settings"]["freeze_bn"]
     trainer_args = yaml.safe_load((work / "finetune" / "train" / "args.yaml").read_text())
-    assert trainer_args["nbs"] == 16 and trainer_args["warmup_epochs"] == 3.0  # what the trainer really ran with
+    assert trainer_args["batch"] == trainer_args["nbs"] == 8  # what the trainer really ran with
+    assert trainer_args["warmup_epochs"] == 3.0
 
 
 def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(demo, tmp_path):

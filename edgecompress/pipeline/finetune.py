@@ -10,9 +10,10 @@ Two schedules, measured (BENCHMARKS.md, "Pruning"), and `auto` (the default) pic
   rather than its fitted rate (1.4e-3 on bccd). At -35% FLOPs, 5 epochs: yolo11n-bccd 0.568 and 0.571 mAP50-95
   against 0.536 to 0.541 at the fitted rate; yolov8n-bccd 0.598 against 0.600 and 0.608 (noise is about 1 point).
   Ultralytics' schedule recovers pruned models far better than AdamW 1e-4 without warm-up (0.585), and destroys an
-  intact model within one epoch (-57 points). An optimizer step per batch of 16 (nbs 16): Ultralytics' nominal batch
-  of 64 accumulates 4 batches into a step, leaving 5 epochs on bccd about 22 steps; with 65, yolo11n-bccd at -35%
-  reached 0.577 against 0.566 from the same pruned model, yolov8n-bccd at -50% 0.586 against 0.578.
+  intact model within one epoch (-57 points). An optimizer step per batch of 8 (batch 8, nbs 8): Ultralytics'
+  batch of 16 with its nominal batch of 64 makes 5 epochs on bccd about 22 optimizer steps; 130 steps took the
+  very same pruned models from 0.566 to 0.591 (yolo11n-bccd, -35% FLOPs) and from 0.586 (65 steps) to 0.602
+  (yolov8n-bccd, -50%). Batch 4 (260 steps) gained nothing more (0.588).
 - `preserve`, AdamW 1e-5 without warm-up and with BatchNorm statistics frozen: one epoch on the unpruned
   yolov8n-bccd lost 0.08, 0.00 and 0.28 points (three seeds). Updated statistics, re-estimated over a few
   augmented batches, cost about half a point on their own (lr 1e-9: 0.44 and 0.55; frozen: 0.00). Frozen
@@ -50,15 +51,17 @@ from edgecompress.pipeline.yolo import evaluate, save_checkpoint
 
 Schedule = Literal["auto", "recover", "preserve"]
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "recover": {"optimizer": "AdamW", "lr0": 5e-4, "lrf": 0.01, "warmup_epochs": 3.0, "freeze_bn": False, "nbs": 16},
-    "preserve": {"optimizer": "AdamW", "lr0": 1e-5, "lrf": 0.1, "warmup_epochs": 0.0, "freeze_bn": True, "nbs": 64},
+    "recover": {"optimizer": "AdamW", "lr0": 5e-4, "lrf": 0.01, "warmup_epochs": 3.0, "freeze_bn": False, "batch": 8,
+                "nbs": 8},
+    "preserve": {"optimizer": "AdamW", "lr0": 1e-5, "lrf": 0.1, "warmup_epochs": 0.0, "freeze_bn": True, "batch": 16,
+                 "nbs": 64},
 }
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """`epochs`: fine-tuning epochs after pruning (0 = none); `schedule` sets the optimizer, lr0, lrf,
-    warmup_epochs, freeze_bn and nbs that are left unset (None); the rest are Ultralytics' trainer settings."""
+    warmup_epochs, freeze_bn, batch and nbs that are left unset (None); the rest are Ultralytics' trainer settings."""
 
     epochs: int = 5  # the fine-tune stage runs only after pruning, so `--prune X` alone also fine-tunes
     schedule: Schedule = "auto"
@@ -70,7 +73,7 @@ class FinetuneConfig:
     freeze_bn: bool | None = None  # keep BatchNorm running statistics as loaded (scale and shift still train)
     mosaic: float = 1.0
     close_mosaic: int = 10  # last epochs without mosaic (Ultralytics' default): short runs see no mosaic at all
-    batch: int = 16
+    batch: int | None = None
     nbs: int | None = None  # nominal batch: gradients of nbs / batch batches accumulate into each optimizer step
     workers: int = 2
     distill: float = 0.0  # weight of the distillation loss from the unpruned reference (Ultralytics' `dis`); 0 = off
@@ -88,7 +91,7 @@ class FinetuneConfig:
                 f"finetune.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         require(0 <= self.mosaic <= 1, f"finetune.mosaic is a probability in [0, 1], got {self.mosaic}")
         require(self.close_mosaic >= 0, f"finetune.close_mosaic must be >= 0, got {self.close_mosaic}")
-        require(self.batch >= 1, f"finetune.batch must be >= 1, got {self.batch}")
+        require(self.batch is None or self.batch >= 1, f"finetune.batch must be >= 1, got {self.batch}")
         require(self.nbs is None or self.nbs >= 1,
                 f"finetune.nbs must be >= 1, got {self.nbs}; write the batch size for no accumulation")
         require(self.workers >= 0, f"finetune.workers must be >= 0, got {self.workers}")
@@ -105,9 +108,11 @@ class OutputDistillation(DistillationModel):
 
     Ultralytics distils neck features through a projector that starts untrained, and a short fine-tune spends its
     few steps fitting it: at its default weight it cost the pruned yolo11n-bccd 13 points (BENCHMARKS.md). A pruned
-    student keeps its teacher's head layout (classes, DFL bins, anchors), so the raw outputs compare directly: the
-    class logits against the teacher's probabilities as soft targets, normalised like Ultralytics' class loss, and
-    the box distributions by KL divergence, weighted by the teacher's confidence like its box loss.
+    or fake-quantized student keeps its teacher's head layout (classes, DFL bins, anchors), so the raw outputs
+    compare directly: the class logits against the teacher's probabilities as soft targets, normalised like
+    Ultralytics' class loss, and the box distributions by KL divergence, weighted by the teacher's confidence like
+    its box loss. Measured: QAT distilled from the float model recovers all of PTQ's loss (quant.qat.distill);
+    recovering a pruned model it ties with no distillation after 5 epochs, so finetune.distill stays off.
     """
 
     def loss(self, batch, preds=None):
@@ -199,7 +204,7 @@ def finetune(model: DetectionModel, config: FinetuneConfig, data: str, imgsz: in
     start = workdir / "start.pt"
     save_checkpoint(model, start, half=False)
     overrides = {
-        "model": str(start), "data": str(data), "imgsz": imgsz, "epochs": config.epochs, "batch": config.batch,
+        "model": str(start), "data": str(data), "imgsz": imgsz, "epochs": config.epochs,
         "device": device, "workers": config.workers, "project": str(workdir), "name": "train", "exist_ok": True,
         **{k: v for k, v in settings.items() if k != "freeze_bn"}, "mosaic": config.mosaic,
         "close_mosaic": config.close_mosaic, "seed": config.seed, "plots": False, "amp": False, "verbose": False,

@@ -495,7 +495,7 @@ def _with_loss_args(model: DetectionModel) -> DetectionModel:
 # the regulariser pulls whole groups towards zero only where the weights move; these are the settings the
 # group-regularised iterative experiment was measured with (BENCHMARKS.md, "Pruning")
 SPARSE_TRAINING = {"schedule": "recover", "optimizer": "AdamW", "lr0": 1e-4, "lrf": 0.1, "warmup_epochs": 0.0,
-                   "freeze_bn": False, "nbs": 64}
+                   "freeze_bn": False, "batch": 16, "nbs": 64}
 
 
 def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, device: str,
