@@ -60,14 +60,14 @@ GENTLE_FINETUNE = dict(schedule="recover", optimizer="AdamW", lr0=1e-4, lrf=0.1,
                        close_mosaic=1, freeze_bn=False, batch=16, nbs=64)
 FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "gentle": GENTLE_FINETUNE, "defaults": {}}
 # edgecompress's candidates: the same fine-tuning, with what edgecompress adds to the pruning (other criteria
-# and allocations, depth) or distillation from the unpruned model (Ultralytics' own DistillationModel, its default
-# loss weight 6.0). `--recipes best` runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel
+# and allocations, depth) or distillation from the unpruned model (finetune.OutputDistillation at weight 1; the
+# BENCHMARKS.md ec-distill rows predate it: Ultralytics' own DistillationModel at its weight 6.0). `--recipes best` runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel
 # counts are not rounded to 8 (as --target x86/jetson do) but in the -round8 recipe: on yolov8n's 16-channel
 # layers that rounding moves the reachable FLOPs in steps of several percent, and the points must sit at the
 # peer's FLOPs.
 RECIPES = {
     "tp-example": (dict(criterion="l2", allocation="uniform"), PEER_FINETUNE),
-    "ec-distill": (dict(criterion="l2", allocation="uniform"), dict(PEER_FINETUNE, distill=6.0)),
+    "ec-distill": (dict(criterion="l2", allocation="uniform"), dict(PEER_FINETUNE, distill=1.0)),
     "ec-sensitivity": (dict(criterion="l2", allocation="sensitivity"), PEER_FINETUNE),
     "ec-taylor": (dict(criterion="taylor", allocation="uniform"), PEER_FINETUNE),
     "ec-taylor-sensitivity": (dict(criterion="taylor", allocation="sensitivity"), PEER_FINETUNE),

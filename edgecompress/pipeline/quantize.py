@@ -59,7 +59,9 @@ class QATConfig:
     accumulates 8 batches into each step, which leaves 3 epochs on a small dataset about 10 steps; on yolo11n-bccd
     those lost 1.3 points for the jetson scheme, where 78 steps win back two thirds of PTQ's 0.64 (BENCHMARKS.md).
     Distillation from the float model (`distill`) holds the fine-tuning to what the model did before: with it,
-    yolo11n-bccd went from PTQ's -0.64 to +0.56 (jetson) and +0.36 (onnx/arm), against -0.22 and -0.59 without.
+    yolo11n-bccd went from PTQ's -0.64 to +0.56 (jetson) and +0.36 (onnx/arm), against -0.22 and -0.59 without;
+    yolov8n-bccd lost by it (onnx/arm -0.28 against +0.02, jetson -0.61 against +0.01), but still recovered half of
+    PTQ's loss wherever PTQ lost more than half a point, which without it yolo11n's onnx/arm did not.
     """
 
     epochs: int = 3
