@@ -61,8 +61,8 @@ GENTLE_FINETUNE = dict(schedule="recover", optimizer="AdamW", lr0=1e-4, lrf=0.1,
 FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "gentle": GENTLE_FINETUNE, "defaults": {}}
 # edgecompress's candidates: the same fine-tuning, with what edgecompress adds to the pruning (other criteria
 # and allocations, depth) or distillation from the unpruned model (finetune.OutputDistillation at weight 1; the
-# BENCHMARKS.md ec-distill rows predate it: Ultralytics' own DistillationModel at its weight 6.0). `--recipes best` runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel
-# counts are not rounded to 8 (as --target x86/jetson do) but in the -round8 recipe: on yolov8n's 16-channel
+# BENCHMARKS.md ec-distill rows predate it: Ultralytics' own DistillationModel at its weight 6.0). `--recipes best`
+# runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel counts are not rounded to 8 (as --target x86/jetson do) but in the -round8 recipe: on yolov8n's 16-channel
 # layers that rounding moves the reachable FLOPs in steps of several percent, and the points must sit at the
 # peer's FLOPs.
 RECIPES = {
