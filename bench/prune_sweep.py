@@ -62,7 +62,8 @@ FINETUNES = {"peer": PEER_FINETUNE, "adamw": ADAMW_FINETUNE, "gentle": GENTLE_FI
 # edgecompress's candidates: the same fine-tuning, with what edgecompress adds to the pruning (other criteria
 # and allocations, depth) or distillation from the unpruned model (finetune.OutputDistillation at weight 1; the
 # BENCHMARKS.md ec-distill rows predate it: Ultralytics' own DistillationModel at its weight 6.0). `--recipes best`
-# runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel counts are not rounded to 8 (as --target x86/jetson do) but in the -round8 recipe: on yolov8n's 16-channel
+# runs the candidate that scored highest at yolov8n-bccd -35% FLOPs. Channel counts are not rounded to 8 (as
+# --target x86/jetson do) but in the -round8 recipe: on yolov8n's 16-channel
 # layers that rounding moves the reachable FLOPs in steps of several percent, and the points must sit at the
 # peer's FLOPs.
 RECIPES = {
