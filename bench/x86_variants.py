@@ -1,6 +1,6 @@
 """x86 INT8 variants tried on one model (BENCHMARKS.md, "x86: both quantizers measured"): NNCF settings, and
 OpenVINO reading a QDQ ONNX with onnxruntime's placement (every op and its output) or the x86 scheme's
-(convolution inputs only, as NNCF places FakeQuantize), against the rows of a `bench/quant_compare.py`
+(where NNCF places FakeQuantize), against the rows of a `bench/quant_compare.py`
 run on the same --out (its FP32 ONNX, OpenVINO FP32, Ultralytics' OpenVINO INT8 and our `auto` artifact).
 
     YOLO_OFFLINE=1 .venv/bin/python bench/x86_variants.py --model yolov8n-raccoon --out bench/results/quant_compare
@@ -72,10 +72,10 @@ def main() -> None:
         print(label, results[label]["map50_95"], flush=True)
 
     # OpenVINO reading our QDQ ONNX: onnxruntime's placement (the onnx target's scheme, the same uint8 ranges) or
-    # the x86 scheme's (convolution inputs only)
+    # the x86 scheme's (NNCF's placement)
     ranges = _cached_ranges(fp32, images, 640, config, Scheme.of(TARGETS["x86"], config), work)
     decode = head_decode_nodes(onnx.load(str(fp32), load_external_data=False))
-    for label, target in (("qdq_every_op", "onnx"), ("qdq_conv_inputs", "x86")):
+    for label, target in (("qdq_every_op", "onnx"), ("qdq_x86_scheme", "x86")):
         qdq = quantize_qdq(fp32, ranges, work / f"{label}.onnx", Scheme.of(TARGETS[target], config), decode)
         convert_onnx("openvino", qdq, work / f"{label}_openvino_model", folder / "metadata.yaml")
         record(label, work / f"{label}_openvino_model")
@@ -90,7 +90,8 @@ def main() -> None:
         dest.mkdir(parents=True)
         ov.save_model(quantized, str(dest / f"{name}.xml"), compress_to_fp16=False)
         record(label, dest)
-    timed = {label: (Path(results[label]["artifact"]), "openvino") for label in ("qdq_every_op", "qdq_conv_inputs")}
+    timed = {label: (Path(results[label]["artifact"]), "openvino")
+             for label in ("qdq_every_op", "qdq_x86_scheme")}
     for key in ("ul_ov_int8", "ours_x86_auto"):
         timed[key] = (Path(rows[key]["artifact"]), "openvino")
         results[key] = {"map50_95": rows[key]["map50_95"]}

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from tiny_models import detector, ramp_inputs
+from tiny_models import branching, detector, ramp_inputs
 
 from edgecompress.calibration import estimate_ranges
 from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
@@ -22,7 +22,7 @@ from edgecompress.targets.runtimes import RUNTIMES, convert_onnx
 DECODE = ["/model.1/Sigmoid", "/model.1/Mul"]
 TENSORRT = Scheme(symmetric_activations=True, per_channel=True, weight_qdq_pair=True)
 ONNXRUNTIME = Scheme(symmetric_activations=False, per_channel=True, weight_qdq_pair=False)
-OPENVINO = Scheme(symmetric_activations=False, per_channel=True, weight_qdq_pair=False, conv_inputs_only=True)
+OPENVINO = Scheme(symmetric_activations=False, per_channel=True, weight_qdq_pair=False, nncf_placement=True)
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_validator_rejects_each_broken_rule(fp32, tmp_path):
 
 
 @pytest.mark.parametrize("scheme", [ONNXRUNTIME, TENSORRT, OPENVINO],
-                         ids=["uint8-asymmetric", "int8-symmetric", "conv-inputs-only"])
+                         ids=["uint8-asymmetric", "int8-symmetric", "nncf-placement"])
 def test_qdq_models_run_in_onnxruntime_and_openvino(fp32, tmp_path, scheme):
     quantized = qdq(fp32, tmp_path, scheme)
     x = ramp_inputs()[1]
@@ -147,13 +147,38 @@ def test_each_target_gets_its_runtimes_placement(fp32, tmp_path):
     assert Scheme.of(TARGETS["jetson-orin-nano"], config) == TENSORRT
 
     def quantized_tensors(scheme: Scheme) -> set[str]:
-        model = onnx.load(str(qdq(fp32, tmp_path, scheme, exclude=[], name=f"{scheme.conv_inputs_only}.onnx")))
+        model = onnx.load(str(qdq(fp32, tmp_path, scheme, exclude=[], name=f"{scheme.nncf_placement}.onnx")))
         return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
 
     # OpenVINO: the two convolutions' inputs only (the input image, the Relu's output); no Q/DQ after a
     # convolution or around Relu, Sigmoid and Mul, and no int32 bias
     assert quantized_tensors(OPENVINO) == {"images", "b"}
     assert {"images", "b", "c"} <= quantized_tensors(ONNXRUNTIME)  # and a convolution's output, for QLinearConv
+
+
+def test_openvino_placement_quantizes_once_per_grid(tmp_path):
+    fp32 = branching(tmp_path / "branching.onnx")
+    quantized = qdq(fp32, tmp_path, OPENVINO)
+    model = onnx.load(str(quantized))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    quantizers = {n.input[0]: n for n in model.graph.node
+                  if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    # Split, Concat and MaxPool run on quantized values: Q/DQ at the Split's input and the Concat's and Add's
+    # inputs, none again after them (s0, s1, g, h: already on the grid)
+    assert set(quantizers) == {"images", "b", "e", "f"}
+    # the tensors the Split and Concat join share one scale and zero point: their widest range
+    grid = [(float(inits[quantizers[t].input[1]]), int(inits[quantizers[t].input[2]])) for t in ("b", "f")]
+    assert grid[0] == grid[1]
+    ranges = estimate_ranges(fp32, ramp_inputs(), "minmax", tmp_path / "r")
+    widest = max(ranges.tensors[t][1] for t in ("b", "s0", "s1", "f", "g", "h"))
+    assert grid[0][0] == pytest.approx(widest / 255, rel=1e-6)  # uint8, low 0 (all after Relu)
+    x = ramp_inputs()[1]
+    expected = RUNTIMES["onnxruntime"].load(fp32).infer(x)[0]
+    (tmp_path / "metadata.yaml").write_text("stride: 8\n")
+    convert_onnx("openvino", quantized, tmp_path / "q_openvino_model", tmp_path / "metadata.yaml")
+    for runtime, artifact in (("onnxruntime", quantized), ("openvino", tmp_path / "q_openvino_model")):
+        got = RUNTIMES[runtime].load(artifact).infer(x)[0]
+        assert 0 < np.abs(got - expected).max() < 0.02 * 640, runtime
 
 
 def test_fallback_stops_once_the_budget_holds(fp32, tmp_path):

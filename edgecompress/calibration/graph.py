@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 import onnx
 
@@ -30,3 +31,57 @@ def head_decode_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes of the head's decode, which every INT8 scheme keeps in float."""
     scope = head_scope(model)
     return [n.name for n in model.graph.node if n.name.startswith(scope) and not _BRANCH.search(n.name)]
+
+
+# Ops that only move or select values: values on one INT8 grid stay on it, so OpenVINO runs them in INT8 when
+# every data input carries the same scale (NNCF's "unified scales"). Data inputs: all for Concat, else the first.
+GRID_PRESERVING = ("Concat", "Split", "MaxPool", "Resize")
+
+
+def _data_inputs(node: onnx.NodeProto) -> list[str]:
+    return list(node.input) if node.op_type == "Concat" else [node.input[0]]
+
+
+def shared_scale_groups(model: onnx.ModelProto, skip: Collection[str]) -> list[set[str]]:
+    """Sets of tensors joined, directly or through each other, by grid-preserving nodes (not in `skip`): each set
+    needs one quantization scale for those nodes to run in INT8."""
+    parent: dict[str, str] = {}
+
+    def root(tensor: str) -> str:
+        while parent.setdefault(tensor, tensor) != tensor:
+            tensor = parent[tensor]
+        return tensor
+
+    for node in model.graph.node:
+        if node.op_type in GRID_PRESERVING and node.name not in skip:
+            first, *rest = [*_data_inputs(node), *node.output]
+            for tensor in rest:
+                parent[root(tensor)] = root(first)
+    groups: dict[str, set[str]] = {}
+    for tensor in parent:
+        groups.setdefault(root(tensor), set()).add(tensor)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def drop_requantization(model: onnx.ModelProto, skip: Collection[str]) -> int:
+    """Remove the Q/DQ pairs on outputs of grid-preserving nodes (not in `skip`) whose inputs are all dequantized
+    with the output's scale already (after `shared_scale_groups`): exact no-ops that OpenVINO would run as
+    FakeQuantize ops of their own. Returns how many nodes went."""
+    graph = model.graph
+    on_grid: set[str] = set()
+    for node in graph.node:  # in topological order, as ONNX stores them
+        if node.op_type == "DequantizeLinear":
+            on_grid.add(node.output[0])
+        elif node.op_type in GRID_PRESERVING and node.name not in skip and set(_data_inputs(node)) <= on_grid:
+            on_grid.update(node.output)
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    quantizers = {n.output[0]: n for n in graph.node
+                  if n.op_type == "QuantizeLinear" and n.input[0] in on_grid and n.input[0] not in dequantized}
+    pairs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantizers]
+    bypass = {dq.output[0]: quantizers[dq.input[0]].input[0] for dq in pairs}
+    for node in [*quantizers.values(), *pairs]:
+        graph.node.remove(node)
+    for node in graph.node:
+        for i, tensor in enumerate(node.input):
+            node.input[i] = bypass.get(tensor, tensor)
+    return len(quantizers) + len(pairs)

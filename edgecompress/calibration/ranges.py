@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Iterator
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,17 @@ class Ranges:
         data = json.loads(Path(path).read_text())
         return cls(data["method"], data["symmetric"], data["percentile"], data["images"],
                    {k: (float(lo), float(hi)) for k, (lo, hi) in data["tensors"].items()})
+
+    def unified(self, groups: Iterable[Collection[str]]) -> Ranges:
+        """These ranges with each group's tensors given the group's widest range (one scale for all of them)."""
+        tensors = dict(self.tensors)
+        for group in groups:
+            members = [t for t in group if t in tensors]
+            if members:
+                low = min(tensors[t][0] for t in members)
+                high = max(tensors[t][1] for t in members)
+                tensors.update({t: (low, high) for t in members})
+        return dataclasses.replace(self, tensors=tensors)
 
     def tensors_data(self) -> TensorsData:
         """The ranges in the form onnxruntime's quantizers take."""

@@ -27,7 +27,8 @@ import onnx
 
 from edgecompress.bench import BenchConfig, measure
 from edgecompress.calibration import METHODS, Method, Ranges, batches, estimate_ranges, select_images
-from edgecompress.calibration.graph import head_decode_nodes, head_scope
+from edgecompress.calibration.graph import (GRID_PRESERVING, drop_requantization, head_decode_nodes, head_scope,
+                                            shared_scale_groups)
 from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
 from edgecompress.errors import UserError
 from edgecompress.pipeline.config import require
@@ -128,10 +129,12 @@ class Scheme:
     symmetric_activations: bool
     per_channel: bool
     weight_qdq_pair: bool  # float weights behind Q/DQ, as TensorRT's ONNX parser expects; else int8 weights + DQ
-    # Q/DQ only at convolution inputs, biases float: where NNCF puts its FakeQuantize ops. OpenVINO runs each Q/DQ
-    # pair as a FakeQuantize, so pairs elsewhere (onnxruntime's placement, which quantizes every op's output to
-    # fuse QLinear kernels) only cost time: 1.25x Ultralytics' NNCF model's latency, against 1.0x.
-    conv_inputs_only: bool = False
+    # Q/DQ where NNCF puts its FakeQuantize ops, biases float: at the inputs of convolutions, of Add and of the
+    # grid-preserving ops (Concat, Split, MaxPool, Resize), one scale across the tensors those ops join, and no
+    # second Q/DQ after them. OpenVINO runs each Q/DQ pair as a FakeQuantize: onnxruntime's placement (every op's
+    # output, to fuse QLinear kernels) ran at 1.25x Ultralytics' NNCF model's latency; Q/DQ at convolution inputs
+    # alone left Split, Add, MaxPool and Resize in bf16 behind 28 FakeQuantize ops of their own (BENCHMARKS.md).
+    nncf_placement: bool = False
 
     @property
     def activation_type(self) -> str:
@@ -140,7 +143,7 @@ class Scheme:
     @property
     def quantized_ops(self) -> list[str] | None:
         """The op types whose inputs carry Q/DQ; None: every op, outputs included."""
-        return ["Conv"] if self.conv_inputs_only else None
+        return ["Conv", "Add", *GRID_PRESERVING] if self.nncf_placement else None
 
     @classmethod
     def of(cls, target: Target, config: QuantConfig) -> Scheme:
@@ -153,7 +156,7 @@ class Scheme:
             raise UserError("TensorRT needs symmetric INT8 activations and per-channel weights; "
                             "write quant.activations: target and quant.per_channel: true for --target jetson")
         return cls(symmetric, config.per_channel, weight_qdq_pair=tensorrt,
-                   conv_inputs_only=target.runtime == "openvino")
+                   nncf_placement=target.runtime == "openvino")
 
 
 @dataclass(frozen=True)
@@ -489,6 +492,8 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
+    if scheme.nncf_placement:
+        ranges = ranges.unified(shared_scale_groups(onnx.load(str(model), load_external_data=False), exclude))
     # Our ranges go in as onnxruntime's calibration cache, so quantize_static applies them without calibrating.
     cache = dest.with_suffix(".ranges-ort.json")
     save_tensors_data(ranges.tensors_data(), cache)
@@ -502,11 +507,13 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
                        # TensorRT takes float weights behind Q/DQ and float biases; onnxruntime fuses
                        # DQ-Conv-Q into QLinearConv only with int8 weights and an int32 bias
                        "AddQDQPairToWeight": scheme.weight_qdq_pair,
-                       "QuantizeBias": not (scheme.weight_qdq_pair or scheme.conv_inputs_only),
+                       "QuantizeBias": not (scheme.weight_qdq_pair or scheme.nncf_placement),
                        "OpTypesToExcludeOutputQuantization": scheme.quantized_ops or []},
     )
     cache.unlink()
     quantized = onnx.load(str(dest))
+    if scheme.nncf_placement:
+        drop_requantization(quantized, exclude)
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(onnx.load(str(model), load_external_data=False).metadata_props)
     onnx.save(quantized, str(dest))  # Ultralytics' AutoBackend reads names, stride and imgsz from the metadata
