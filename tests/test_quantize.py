@@ -231,6 +231,11 @@ def test_x86_choice_keeps_the_only_candidate_within_budget_else_the_faster_else_
                                                    "(nncf -0.32 points, 30.6 ms; qdq -0.33 points, 39.4 ms)")
     slower_nncf = {"nncf": Candidate(0.6011, 0.32, True, 41.0), "qdq": Candidate(0.6010, 0.33, True, 39.4)}
     assert choose_quantizer(slower_nncf, 0.5)[0] == "qdq"
+    alike = {"nncf": Candidate(0.6011, 0.32, True, 30.4), "qdq": Candidate(0.6037, 0.07, True, 30.9)}  # 1.6% apart
+    assert choose_quantizer(alike, 0.5) == ("qdq", "qdq: both within the 0.5-point budget and as fast (within 3%); "
+                                                   "the more accurate (nncf -0.32 points, 30.4 ms; qdq -0.07 points, "
+                                                   "30.9 ms)")
+    assert choose_quantizer({**alike, "qdq": Candidate(0.6037, 0.07, True, 31.4)}, 0.5)[0] == "nncf"  # 3.3% apart
     neither = {"nncf": Candidate(0.40, 4.0, False, 20.0), "qdq": Candidate(0.41, 3.0, False, 25.0)}
     chosen, reason = choose_quantizer(neither, 0.5)
     assert chosen == "qdq" and "neither within" in reason
