@@ -32,3 +32,31 @@ def time_alternating(artifacts: dict[str, tuple[Path, str]], rounds: int = 3, ru
 
     return {name: {"p50_ms": median([x["p50_ms"] for x in runs_]), "p99_ms": median([x["p99_ms"] for x in runs_])}
             for name, runs_ in results.items()}
+
+
+def time_interleaved(artifacts: dict[str, tuple[Path, str]], runs: int = 400,
+                     imgsz: int = 640) -> dict[str, dict[str, float]]:
+    """p50/p90/p99 of each artifact's inference latency, all loaded in this one process and taking turns at every
+    inference (the order reversed every other turn). Slower drifts of a shared machine then hit each artifact
+    alike, which fresh processes per round do not quite do: there, a gap of 3 to 4% between two IRs moved
+    between rounds, here it repeats within about half a percent (BENCHMARKS.md, x86)."""
+    import time
+
+    import numpy as np
+
+    from edgecompress.targets.runtimes import RUNTIMES
+
+    sessions = {name: RUNTIMES[runtime].load(path) for name, (path, runtime) in artifacts.items()}
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    for session in sessions.values():
+        for _ in range(10):
+            session.infer(x)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    order = list(sessions)
+    for turn in range(runs):
+        for name in order if turn % 2 == 0 else reversed(order):
+            start = time.perf_counter()
+            sessions[name].infer(x)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {f"p{q}_ms": round(float(np.percentile(t, q)), 3) for q in (50, 90, 99)}
+            for name, t in times.items()}
