@@ -80,6 +80,13 @@ RECIPES = {
     "ec-taylor-sensitivity-round16": (dict(criterion="taylor", allocation="sensitivity", round_to=16),
                                       PEER_FINETUNE),
     "ec-taylor-sensitivity-gentle": (dict(criterion="taylor", allocation="sensitivity"), GENTLE_FINETUNE),
+    # -35% in two steps, 2 epochs of `recover` after the first: run with --epochs 3 for the 5-epoch budget
+    "ec-taylor-sensitivity-2steps": (
+        dict(criterion="taylor", allocation="sensitivity", steps=2,
+             step_finetune=FinetuneConfig(epochs=2, schedule="recover")), PEER_FINETUNE),
+    # sensitivity measured on 64 val images and Taylor scores over 16 batches (the defaults: 16 and 4)
+    "ec-taylor-sensitivity-64img": (dict(criterion="taylor", allocation="sensitivity", sensitivity_images=64,
+                                         batches=16), PEER_FINETUNE),
     "ec-global": (dict(criterion="l2", allocation="global"), PEER_FINETUNE),
     "ec-depth": (dict(criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE),
     # the point's amount is the share of OpenVINO CPU latency to remove (a per-layer table), not of FLOPs

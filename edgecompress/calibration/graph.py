@@ -63,10 +63,10 @@ def shared_scale_groups(model: onnx.ModelProto, skip: Collection[str]) -> list[s
     return [g for g in groups.values() if len(g) > 1]
 
 
-def drop_requantization(model: onnx.ModelProto, skip: Collection[str]) -> int:
+def drop_requantization(model: onnx.ModelProto, skip: Collection[str]) -> None:
     """Remove the Q/DQ pairs on outputs of grid-preserving nodes (not in `skip`) whose inputs are all dequantized
     with the output's scale already (after `shared_scale_groups`): exact no-ops that OpenVINO would run as
-    FakeQuantize ops of their own. Returns how many nodes went."""
+    FakeQuantize ops of their own."""
     graph = model.graph
     on_grid: set[str] = set()
     for node in graph.node:  # in topological order, as ONNX stores them
@@ -84,4 +84,3 @@ def drop_requantization(model: onnx.ModelProto, skip: Collection[str]) -> int:
     for node in graph.node:
         for i, tensor in enumerate(node.input):
             node.input[i] = bypass.get(tensor, tensor)
-    return len(quantizers) + len(pairs)

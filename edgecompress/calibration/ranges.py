@@ -8,9 +8,9 @@ inspected, cached, and handed to the quantizer separately from calibration, as O
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection, Iterable, Iterator
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
