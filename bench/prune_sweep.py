@@ -87,6 +87,9 @@ RECIPES = {
     # sensitivity measured on 64 val images and Taylor scores over 16 batches (the defaults: 16 and 4)
     "ec-taylor-sensitivity-64img": (dict(criterion="taylor", allocation="sensitivity", sensitivity_images=64,
                                          batches=16), PEER_FINETUNE),
+    # the Detect head left whole, as the peer leaves it (yolo11n's head is model.23)
+    "ec-taylor-sensitivity-keephead": (dict(criterion="taylor", allocation="sensitivity", ignore=("model.23.*",)),
+                                       PEER_FINETUNE),
     "ec-global": (dict(criterion="l2", allocation="global"), PEER_FINETUNE),
     "ec-depth": (dict(criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE),
     # the point's amount is the share of OpenVINO CPU latency to remove (a per-layer table), not of FLOPs
