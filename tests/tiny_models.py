@@ -22,12 +22,17 @@ def detector(path: Path, opset: int = 17) -> Path:
         helper.make_node("Sigmoid", ["c"], ["d"], name="/model.1/Sigmoid"),
         helper.make_node("Mul", ["d", "k"], ["output0"], name="/model.1/Mul"),
     ]
+    return _save(nodes, [], path, opset)
+
+
+def _save(nodes: list[onnx.NodeProto], extra: list[onnx.TensorProto], path: Path, opset: int = 17) -> Path:
+    """The model of `nodes` on images (1,1,8,8) -> output0 (1,2,8,8), with Ultralytics' metadata, saved."""
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes, path.stem,
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 1, 8, 8])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 2, 8, 8])],
         [numpy_helper.from_array(BODY_WEIGHT, "w0"), numpy_helper.from_array(BRANCH_WEIGHT, "w1"),
-         numpy_helper.from_array(np.array(640.0, np.float32), "k")],
+         numpy_helper.from_array(np.array(640.0, np.float32), "k"), *extra],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -53,21 +58,8 @@ def branching(path: Path) -> Path:
         helper.make_node("Sigmoid", ["c"], ["k0"], name="/model.1/Sigmoid"),
         helper.make_node("Mul", ["k0", "k"], ["output0"], name="/model.1/Mul"),
     ]
-    graph = helper.make_graph(
-        nodes, "tiny_branching",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 1, 8, 8])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 2, 8, 8])],
-        [numpy_helper.from_array(BODY_WEIGHT, "w0"), numpy_helper.from_array(BRANCH_WEIGHT, "w1"),
-         numpy_helper.from_array(np.array([[[[3.0]]]], np.float32), "w2"),
-         numpy_helper.from_array(np.array([1, 1], np.int64), "halves"),
-         numpy_helper.from_array(np.array(640.0, np.float32), "k")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"names": "{0: 'a', 1: 'b'}", "stride": "8"})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(nodes, [numpy_helper.from_array(np.array([[[[3.0]]]], np.float32), "w2"),
+                         numpy_helper.from_array(np.array([1, 1], np.int64), "halves")], path)
 
 
 def ramp_inputs(count: int = 4) -> list[np.ndarray]:
