@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # ../shared beside the checkout; EDGECOMPRESS_SHARED points elsewhere (a copy carried to the lent GPU machine)
@@ -40,8 +41,6 @@ def time_interleaved(artifacts: dict[str, tuple[Path, str]], runs: int = 400,
     inference (the order reversed every other turn). Slower drifts of a shared machine then hit each artifact
     alike, which fresh processes per round do not quite do: there, a gap of 3 to 4% between two IRs moved
     between rounds, here it repeats within about half a percent (BENCHMARKS.md, x86)."""
-    import time
-
     import numpy as np
 
     from edgecompress.targets.runtimes import RUNTIMES

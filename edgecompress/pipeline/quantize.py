@@ -501,8 +501,9 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
+    source = onnx.load(str(model), load_external_data=False)
     if scheme.nncf_placement:
-        ranges = ranges.unified(shared_scale_groups(onnx.load(str(model), load_external_data=False), exclude))
+        ranges = ranges.unified(shared_scale_groups(source, exclude))
     # Our ranges go in as onnxruntime's calibration cache, so quantize_static applies them without calibrating.
     cache = dest.with_suffix(".ranges-ort.json")
     save_tensors_data(ranges.tensors_data(), cache)
@@ -524,7 +525,7 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
     if scheme.nncf_placement:
         drop_requantization(quantized, exclude)
     del quantized.metadata_props[:]
-    quantized.metadata_props.extend(onnx.load(str(model), load_external_data=False).metadata_props)
+    quantized.metadata_props.extend(source.metadata_props)
     onnx.save(quantized, str(dest))  # Ultralytics' AutoBackend reads names, stride and imgsz from the metadata
     return dest
 
