@@ -135,10 +135,10 @@ def prune(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, dev
 
     weights = None
     if config.sensitivity or config.allocation == "sensitivity":
-        drops, saved = sensitivity(model, config, data, imgsz, device, workdir / "sensitivity")
-        info["sensitivity"] = {"map_drop_points": drops, "gflops_saved": saved, "plot": str(workdir / "sensitivity.png")}
+        drops = sensitivity(model, config, data, imgsz, device, workdir / "sensitivity")
+        info["sensitivity"] = {"map_drop_points": drops, "plot": str(workdir / "sensitivity.png")}
         plot_sensitivity(drops, config.sensitivity_ratio, workdir / "sensitivity.png")
-        weights = sensitivity_weights(drops, saved)
+        weights = sensitivity_weights(drops)
     track = config.max_map_drop is not None and config.steps > 1
     base_map = evaluate_model(model, data, imgsz, device, workdir / "eval_base")["map50_95"] if track else None
     steps, best = [], None
@@ -520,16 +520,15 @@ def _sparse_train(model: DetectionModel, config: PruneConfig, data: str, imgsz: 
 # ----------------------------------------------------------------------------------------- sensitivity
 
 def sensitivity(model: DetectionModel, config: PruneConfig, data: str, imgsz: int, device: str,
-                workdir: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """Per group: mAP50-95 points lost on the first val images, and GFLOPs saved, when it alone loses
-    `sensitivity_ratio` of its channels (no fine-tuning): which layers the detector can spare, and what they cost."""
+                workdir: Path) -> dict[str, float]:
+    """mAP50-95 points lost on the first val images when each group alone loses `sensitivity_ratio` of its
+    channels (no fine-tuning): which layers the detector can spare."""
     work = _enable_grads(copy.deepcopy(model))
     split_blocks(work)
     plan = Planner(work, config, data, imgsz)
     subset = _val_subset(data, config.sensitivity_images, workdir)
     base = evaluate_model(work, str(subset), imgsz, device, workdir / "eval")["map50_95"]
-    gflops = _size(work, imgsz)["gflops"]
-    drops, saved = {}, {}
+    drops = {}
     for root, imp, key in plan.groups:
         roots = [r for r, _, k in plan.groups if key and k == key] or [root]
         if roots[0] is not root:
@@ -538,21 +537,16 @@ def sensitivity(model: DetectionModel, config: PruneConfig, data: str, imgsz: in
         probe = plan.prune_counts(n, dry_run=True)
         drops[plan.names[root]] = round(100 * (base - evaluate_model(probe, str(subset), imgsz, device,
                                                                      workdir / "eval")["map50_95"]), 3)
-        saved[plan.names[root]] = round(gflops - _size(probe, imgsz)["gflops"], 5)
         for r in roots[1:]:
-            drops[plan.names[r]], saved[plan.names[r]] = drops[plan.names[root]], saved[plan.names[root]]
-    return drops, saved
+            drops[plan.names[r]] = drops[plan.names[root]]
+    return drops
 
 
-def sensitivity_weights(drops: dict[str, float], saved: dict[str, float]) -> dict[str, float]:
-    """Per-group ratio multipliers with mean 1, proportional to GFLOPs saved per mAP point lost.
-
-    With a group's loss growing as the square of its ratio r (D (r/s)^2, D measured at s) and its saving
-    linearly (F r/s), the ratios that reach a FLOPs target losing the least are r proportional to F / D.
-    """
-    value = {name: max(saved[name], 0.0) / (max(d, 0.0) + 1.0) for name, d in drops.items()}  # +1 point: noise
-    mean = sum(value.values()) / len(value)
-    return {name: w / mean for name, w in value.items()}
+def sensitivity_weights(drops: dict[str, float]) -> dict[str, float]:
+    """Per-group ratio multipliers with mean 1: a group that costs twice the mAP loses about half as much."""
+    inverse = {name: 1.0 / (max(d, 0.0) + 1.0) for name, d in drops.items()}  # +1 point: noise floor
+    mean = sum(inverse.values()) / len(inverse)
+    return {name: w / mean for name, w in inverse.items()}
 
 
 def plot_sensitivity(drops: dict[str, float], ratio: float, path: Path) -> None:
