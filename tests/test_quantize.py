@@ -271,3 +271,18 @@ def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
     assert artifact == tmp_path / "q" / "model_int8_openvino_model" and (artifact / "metadata.yaml").is_file()
     assert not list((tmp_path / "q").glob("candidate-*"))
     assert map50_95(artifact) == kept.map50_95
+
+
+def test_a_layer_kept_float_reads_float_values_through_concat_and_maxpool(tmp_path):
+    fp32 = branching(tmp_path / "branching.onnx")
+    head_conv = "/model.1/cv2.0/cv2.0.0/Conv"  # reads MaxPool(Concat(Split(b), Add(...)))
+    model = onnx.load(str(qdq(fp32, tmp_path, OPENVINO, exclude=[*DECODE, head_conv])))
+    inits = {t.name for t in model.graph.initializer}
+    # the Split, Concat and MaxPool in front of it stay float: b reaches it unrounded; the inner conv and the Add
+    # still read quantized s1 and e
+    assert {n.input[0] for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits} == {"images", "s1", "e"}
+    x = ramp_inputs()[1]
+    expected = RUNTIMES["onnxruntime"].load(fp32).infer(x)[0]
+    got = RUNTIMES["onnxruntime"].load(tmp_path / "q.onnx").infer(x)[0]
+    assert 0 < np.abs(got - expected).max() < 0.02 * 640

@@ -42,6 +42,23 @@ def _data_inputs(node: onnx.NodeProto) -> list[str]:
     return list(node.input) if node.op_type == "Concat" else [node.input[0]]
 
 
+def float_feeders(model: onnx.ModelProto, excluded: Collection[str]) -> list[str]:
+    """The grid-preserving nodes through which values reach an excluded node: they must stay float too, or a layer
+    the fallback keeps in float would still read values rounded to the INT8 grid upstream of them."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    by_name = {node.name: node for node in model.graph.node}
+    found: list[str] = []
+    todo = [by_name[name] for name in excluded if name in by_name]
+    while todo:
+        for tensor in _data_inputs(todo.pop()):
+            node = producers.get(tensor)
+            if node is not None and node.op_type in GRID_PRESERVING and node.name not in excluded \
+                    and node.name not in found:
+                found.append(node.name)
+                todo.append(node)
+    return found
+
+
 def shared_scale_groups(model: onnx.ModelProto, skip: Collection[str]) -> list[set[str]]:
     """Sets of tensors joined, directly or through each other, by grid-preserving nodes (not in `skip`): each set
     needs one quantization scale for those nodes to run in INT8."""

@@ -27,8 +27,8 @@ import onnx
 
 from edgecompress.bench import BenchConfig, measure
 from edgecompress.calibration import METHODS, Method, Ranges, batches, estimate_ranges, select_images
-from edgecompress.calibration.graph import (GRID_PRESERVING, drop_requantization, head_decode_nodes, head_scope,
-                                            shared_scale_groups)
+from edgecompress.calibration.graph import (GRID_PRESERVING, drop_requantization, float_feeders, head_decode_nodes,
+                                            head_scope, shared_scale_groups)
 from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
 from edgecompress.errors import UserError
 from edgecompress.pipeline.config import require
@@ -503,6 +503,7 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
 
     source = onnx.load(str(model), load_external_data=False)
     if scheme.nncf_placement:
+        exclude = [*exclude, *float_feeders(source, exclude)]
         ranges = ranges.unified(shared_scale_groups(source, exclude))
     # Our ranges go in as onnxruntime's calibration cache, so quantize_static applies them without calibrating.
     cache = dest.with_suffix(".ranges-ort.json")
