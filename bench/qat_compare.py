@@ -1,8 +1,10 @@
-"""PTQ against QAT on one model, per INT8 scheme: mAP50-95 of each artifact in onnxruntime, and its latency.
+"""PTQ against QAT on one model, per INT8 scheme: mAP50-95 of each artifact in its runtime, and its latency.
 
     YOLO_OFFLINE=1 nice -n 10 .venv/bin/python bench/qat_compare.py [--model yolov8n-bccd] [--epochs 2]
+        [--schemes jetson,onnx | x86]
 
-The jetson artifacts (symmetric int8, TensorRT's scheme) are evaluated in onnxruntime on the CPU, their accuracy
+The onnx and x86 artifacts run in onnxruntime and OpenVINO; x86 is exported by both of its quantizers (NNCF, which
+`auto` takes for QAT, and our QDQ ONNX), each against OpenVINO's FP32. The jetson artifacts (symmetric int8, TensorRT's scheme) are evaluated in onnxruntime on the CPU, their accuracy
 proxy. PTQ runs without the accuracy-aware fallback (max_float_layers 0), since QAT has none: the rows compare
 the two ways of reaching INT8, not the fallback. QAT is trained once per setting (qat_train) and exported
 per target (qat_export), which is what qat() does for each target. Rows are saved to <out>/results.json as they finish,
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -22,10 +25,16 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model  # noqa: E402  (first: no label caches)
 from edgecompress.pipeline.quantize import QATConfig, QuantConfig, qat_export, qat_train, quantize  # noqa: E402
 from edgecompress.targets import TARGETS  # noqa: E402
+from edgecompress.targets.runtimes import convert_onnx  # noqa: E402
 from common import SHARED, time_alternating  # noqa: E402
 
-SCHEMES = {"jetson": "jetson-orin-nano", "onnx": "onnx"}
+SCHEMES = {"jetson": "jetson-orin-nano", "onnx": "onnx", "x86_nncf": "x86", "x86_qdq": "x86"}
 IMGSZ = 640
+
+
+def for_scheme(config: QuantConfig, scheme: str) -> QuantConfig:
+    """x86 rows name their quantizer (x86_nncf, x86_qdq)."""
+    return replace(config, openvino_quantizer=scheme.removeprefix("x86_")) if scheme.startswith("x86_") else config
 
 
 def main() -> None:
@@ -38,15 +47,18 @@ def main() -> None:
     parser.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=QATConfig.freeze_bn,
                         help="QATConfig.freeze_bn")
     parser.add_argument("--distill", type=float, default=QATConfig.distill, help="QATConfig.distill")
+    parser.add_argument("--schemes", default="jetson,onnx", help="jetson, onnx and x86 (both its quantizers)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/qat_compare"))
     args = parser.parse_args()
+    schemes = [s for name in args.schemes.split(",") for s in ((f"x86_{q}" for q in ("nncf", "qdq")) if name == "x86"
+                                                                else (name,))]
     data = str(SHARED / "datasets" / args.data / "data.yaml")
     folder = args.out / args.model
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / "results.json"
     rows: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
     model = load_model(SHARED / "models" / f"{args.model}.pt")
-    onnx_fp32, _ = export_onnx(model, IMGSZ, folder, args.model)
+    onnx_fp32, metadata = export_onnx(model, IMGSZ, folder, args.model)
 
     def map_of(artifact: Path) -> float:
         if artifact == onnx_fp32 and "fp32" in rows:  # quantize() asks for the baseline measured above
@@ -60,6 +72,9 @@ def main() -> None:
 
     if "fp32" not in rows:
         record("fp32", onnx_fp32)
+    if any(s.startswith("x86") for s in schemes) and "fp32_openvino" not in rows:
+        convert_onnx("openvino", onnx_fp32, folder / f"{args.model}_openvino_model", metadata)
+        record("fp32_openvino", folder / f"{args.model}_openvino_model")
     # QAT first: the longest and least certain part of the run
     config = QuantConfig("qat", qat=QATConfig(epochs=args.epochs, lr0=args.lr0, nbs=args.nbs,
                                                  freeze_bn=args.freeze_bn, distill=args.distill))
@@ -67,30 +82,33 @@ def main() -> None:
     # (rows named without _nbs were made with nbs 64, the former default)
     run = (f"qat_e{args.epochs}_lr{args.lr0:g}_nbs{args.nbs}" + ("_freeze_bn" if args.freeze_bn else "")
            + (f"_distill{args.distill:g}" if args.distill else ""))
-    if not all(f"{run}_{scheme}" in rows for scheme in SCHEMES):
+    if not all(f"{run}_{scheme}" in rows for scheme in schemes):
         trained, trained_info = qat_train(model, config, data, IMGSZ, "cpu", folder / run)
-        rows[f"{run}_train"] = trained_info
-        for scheme, target in SCHEMES.items():
-            artifact, info = qat_export(trained, config, TARGETS[target], data, IMGSZ, folder / f"{run}_{scheme}")
+        rows[f"{run}_train_{args.schemes}"] = trained_info  # one training per --schemes run
+        for scheme in schemes:
+            artifact, info = qat_export(trained, for_scheme(config, scheme), TARGETS[SCHEMES[scheme]], data, IMGSZ,
+                                        folder / f"{run}_{scheme}")
             record(f"{run}_{scheme}", artifact, info)
     ptq = QuantConfig("ptq", max_float_layers=0)
-    for scheme, target in SCHEMES.items():
+    for scheme in schemes:
         if f"ptq_{scheme}" not in rows:
-            artifact, info = quantize(onnx_fp32, ptq, TARGETS[target], data, IMGSZ, folder / f"ptq_{scheme}",
-                                      map_of)
+            artifact, info = quantize(onnx_fp32, for_scheme(ptq, scheme), TARGETS[SCHEMES[scheme]], data, IMGSZ,
+                                      folder / f"ptq_{scheme}", map_of)
             record(f"ptq_{scheme}", artifact, {k: info[k] for k in ("scheme", "calibration_images", "timings")})
     # this run's rows, timed side by side with the baselines (FP32, PTQ); earlier rows keep their own run's timings
-    timed = ["fp32", *(f"ptq_{scheme}" for scheme in SCHEMES), *(f"{run}_{scheme}" for scheme in SCHEMES)]
-    artifacts = {key: (Path(rows[key]["artifact"]), "onnxruntime") for key in timed}
+    fp32_rows = ["fp32", *(["fp32_openvino"] if "fp32_openvino" in rows else [])]
+    timed = [*fp32_rows, *(f"ptq_{scheme}" for scheme in schemes), *(f"{run}_{scheme}" for scheme in schemes)]
+    artifacts = {key: (Path(rows[key]["artifact"]), "openvino" if "openvino" in key or "x86" in key
+                       else "onnxruntime") for key in timed}
     for key, timing in time_alternating(artifacts, runs=30).items():
         rows[key]["latency_ms"] = timing["p50_ms"]
     rows["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
     saved.write_text(json.dumps(rows, indent=1))
 
-    base = rows["fp32"]
-    print(f"\n| artifact | mAP50-95 | vs FP32 (points) | latency ms (onnxruntime) |\n|---|---|---|---|")
+    print(f"\n| artifact | mAP50-95 | vs FP32 in its runtime (points) | latency ms |\n|---|---|---|---|")
     for key, row in rows.items():
         if isinstance(row, dict) and "map50_95" in row:
+            base = rows["fp32_openvino" if "x86" in key else "fp32"]
             print(f"| {key} | {row['map50_95']:.4f} | {100 * (row['map50_95'] - base['map50_95']):+.2f} "
                   f"| {row.get('latency_ms', float('nan')):.1f} |")
 
