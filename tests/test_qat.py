@@ -66,5 +66,6 @@ def test_qat_x86_target_without_distillation_gives_an_openvino_model(demo, tmp_p
     artifact, info = qat(load_model(demo[0]), plain, TARGETS["x86"], str(demo[1]), IMGSZ, "cpu", tmp_path)
     assert "train/dis_loss" not in info["epochs_log"][0]
     assert artifact.name.endswith("_openvino_model") and (artifact / "metadata.yaml").is_file()
-    assert info["scheme"]["format"] == "OpenVINO FakeQuantize"  # NNCF re-quantized the trained weights
+    # `auto` re-quantizes the trained weights as our QDQ ONNX, which OpenVINO reads
+    assert info["scheme"]["format"] == "QDQ" and info["ranges"].startswith("recalibrated")
     YOLO(str(artifact), task="detect").predict(str(_first_image(demo[1])), imgsz=IMGSZ, device="cpu", verbose=False)

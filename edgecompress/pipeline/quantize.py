@@ -406,9 +406,11 @@ def qat_export(trained: DetectionModel, config: QuantConfig, target: Target, dat
     plain = deepcopy(trained)
     strip_qat(plain)  # the plain layers with the trained weights
     onnx_fp32, _ = export_onnx(plain, imgsz, workdir / "fp32", "model")
-    # QAT has no evaluation to choose by: x86's `auto` takes NNCF, the x86 quantizer before `auto` existed
+    # QAT has no evaluation to choose by: x86's `auto` takes our QDQ ONNX, which kept more of the training at the
+    # same speed (BENCHMARKS.md, "QAT on x86": yolov8n-bccd -0.43 against NNCF's -0.96, yolo11n-bccd +0.78 against
+    # +0.60 points)
     build = _Int8Builder.prepare(onnx_fp32, config, target, data, imgsz, workdir,
-                                 nncf=_quantizers(config, target)[0] == "nncf")
+                                 nncf=_quantizers(config, target) == ["nncf"])
     artifact = build([])
     return artifact, {
         "mode": "qat",
