@@ -3,12 +3,13 @@
     YOLO_OFFLINE=1 nice -n 10 .venv/bin/python bench/qat_compare.py [--model yolov8n-bccd] [--epochs 2]
         [--schemes jetson,onnx | x86]
 
-The onnx and x86 artifacts run in onnxruntime and OpenVINO; x86 is exported by both of its quantizers (NNCF, which
-`auto` takes for QAT, and our QDQ ONNX), each against OpenVINO's FP32. The jetson artifacts (symmetric int8, TensorRT's scheme) are evaluated in onnxruntime on the CPU, their accuracy
-proxy. PTQ runs without the accuracy-aware fallback (max_float_layers 0), since QAT has none: the rows compare
-the two ways of reaching INT8, not the fallback. QAT is trained once per setting (qat_train) and exported
-per target (qat_export), which is what qat() does for each target. Rows are saved to <out>/results.json as they finish,
-and a rerun skips the finished ones.
+The onnx artifacts run in onnxruntime. x86's run in OpenVINO, exported by both of its quantizers (NNCF, and our
+QDQ ONNX, which `auto` takes for QAT), each held to OpenVINO's FP32. The jetson artifacts (symmetric int8,
+TensorRT's scheme) are evaluated in onnxruntime on the CPU, their accuracy proxy. PTQ runs without the
+accuracy-aware fallback (max_float_layers 0), since QAT has none: the rows compare the two ways of reaching INT8,
+not the fallback. QAT is trained once per setting and --schemes run (qat_train) and exported per target
+(qat_export), which is what qat() does for each target. Rows are saved to <out>/results.json as they finish, and
+a rerun skips the finished ones.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ IMGSZ = 640
 def for_scheme(config: QuantConfig, scheme: str) -> QuantConfig:
     """x86 rows name their quantizer (x86_nncf, x86_qdq)."""
     return replace(config, openvino_quantizer=scheme.removeprefix("x86_")) if scheme.startswith("x86_") else config
+
+
+def runtime(key: str) -> str:
+    """Where a row's artifact runs: OpenVINO for x86 rows and OpenVINO's FP32, else onnxruntime."""
+    return "openvino" if "x86" in key or key == "fp32_openvino" else "onnxruntime"
 
 
 def main() -> None:
@@ -98,8 +104,7 @@ def main() -> None:
     # this run's rows, timed side by side with the baselines (FP32, PTQ); earlier rows keep their own run's timings
     fp32_rows = ["fp32", *(["fp32_openvino"] if "fp32_openvino" in rows else [])]
     timed = [*fp32_rows, *(f"ptq_{scheme}" for scheme in schemes), *(f"{run}_{scheme}" for scheme in schemes)]
-    artifacts = {key: (Path(rows[key]["artifact"]), "openvino" if "openvino" in key or "x86" in key
-                       else "onnxruntime") for key in timed}
+    artifacts = {key: (Path(rows[key]["artifact"]), runtime(key)) for key in timed}
     for key, timing in time_alternating(artifacts, runs=30).items():
         rows[key]["latency_ms"] = timing["p50_ms"]
     rows["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
@@ -108,7 +113,7 @@ def main() -> None:
     print(f"\n| artifact | mAP50-95 | vs FP32 in its runtime (points) | latency ms |\n|---|---|---|---|")
     for key, row in rows.items():
         if isinstance(row, dict) and "map50_95" in row:
-            base = rows["fp32_openvino" if "x86" in key else "fp32"]
+            base = rows["fp32_openvino" if runtime(key) == "openvino" else "fp32"]
             print(f"| {key} | {row['map50_95']:.4f} | {100 * (row['map50_95'] - base['map50_95']):+.2f} "
                   f"| {row.get('latency_ms', float('nan')):.1f} |")
 
