@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from edgecompress.pipeline.prune import PruneConfig, prune
-from edgecompress.pipeline.quantize import QATConfig, QuantConfig, qat
+from edgecompress.pipeline.quantize import QATConfig, QuantConfig, qat, qat_export, qat_train
 from edgecompress.pipeline.yolo import load_model
 from edgecompress.targets import TARGETS, tensorrt_rules
 
@@ -59,13 +59,17 @@ def test_qat_after_pruning_with_distillation_gives_a_tensorrt_valid_jetson_model
     assert info["ranges"].startswith("recalibrated") and info["head_decode_float"]
 
 
-def test_qat_x86_target_without_distillation_gives_an_openvino_model(demo, tmp_path):
+def test_qat_x86_target_without_distillation_gives_an_openvino_model_by_either_quantizer(demo, tmp_path):
     from ultralytics import YOLO
 
     plain = replace(CONFIG, qat=replace(CONFIG.qat, distill=0.0))
-    artifact, info = qat(load_model(demo[0]), plain, TARGETS["x86"], str(demo[1]), IMGSZ, "cpu", tmp_path)
-    assert "train/dis_loss" not in info["epochs_log"][0]
-    assert artifact.name.endswith("_openvino_model") and (artifact / "metadata.yaml").is_file()
-    # `auto` re-quantizes the trained weights as our QDQ ONNX, which OpenVINO reads
-    assert info["scheme"]["format"] == "QDQ" and info["ranges"].startswith("recalibrated")
-    YOLO(str(artifact), task="detect").predict(str(_first_image(demo[1])), imgsz=IMGSZ, device="cpu", verbose=False)
+    trained, trained_info = qat_train(load_model(demo[0]), plain, str(demo[1]), IMGSZ, "cpu", tmp_path / "train")
+    assert "train/dis_loss" not in trained_info["epochs_log"][0]
+    # `auto` re-quantizes the trained weights as our QDQ ONNX, which OpenVINO reads; `nncf` has NNCF quantize them
+    for quantizer, fmt in (("auto", "QDQ"), ("nncf", "OpenVINO FakeQuantize")):
+        config = replace(plain, openvino_quantizer=quantizer)
+        artifact, info = qat_export(trained, config, TARGETS["x86"], str(demo[1]), IMGSZ, tmp_path / quantizer)
+        assert artifact.name.endswith("_openvino_model") and (artifact / "metadata.yaml").is_file()
+        assert info["scheme"]["format"] == fmt
+        YOLO(str(artifact), task="detect").predict(str(_first_image(demo[1])), imgsz=IMGSZ, device="cpu",
+                                                   verbose=False)
