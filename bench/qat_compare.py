@@ -56,8 +56,7 @@ def main() -> None:
     parser.add_argument("--schemes", default="jetson,onnx", help="jetson, onnx and x86 (both its quantizers)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/qat_compare"))
     args = parser.parse_args()
-    schemes = [s for name in args.schemes.split(",") for s in ((f"x86_{q}" for q in ("nncf", "qdq")) if name == "x86"
-                                                                else (name,))]
+    schemes = [s for name in args.schemes.split(",") for s in SCHEMES if s == name or s.startswith(f"{name}_")]
     data = str(SHARED / "datasets" / args.data / "data.yaml")
     folder = args.out / args.model
     folder.mkdir(parents=True, exist_ok=True)

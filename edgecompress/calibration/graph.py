@@ -85,13 +85,14 @@ def drop_requantization(model: onnx.ModelProto, skip: Collection[str]) -> None:
     with the output's scale already (after `shared_scale_groups`): exact no-ops that OpenVINO would run as
     FakeQuantize ops of their own."""
     graph = model.graph
-    on_grid: set[str] = set()
+    dequantized: set[str] = set()
+    on_grid: set[str] = set()  # dequantized, or reached from dequantized tensors through grid-preserving nodes only
     for node in graph.node:  # in topological order, as ONNX stores them
         if node.op_type == "DequantizeLinear":
+            dequantized.add(node.output[0])
             on_grid.add(node.output[0])
         elif node.op_type in GRID_PRESERVING and node.name not in skip and set(_data_inputs(node)) <= on_grid:
             on_grid.update(node.output)
-    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     quantizers = {n.output[0]: n for n in graph.node
                   if n.op_type == "QuantizeLinear" and n.input[0] in on_grid and n.input[0] not in dequantized}
     pairs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantizers]
