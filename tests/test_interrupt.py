@@ -15,10 +15,14 @@ from edgecompress.pipeline.yolo import load_model
 
 
 def finished(out: Path) -> dict[str, int]:
-    """Finished stage folders and the mtime of their done.json."""
+    """Finished stage folders and the mtime of their done.json.
+
+    A stage writes done.json inside its `.tmp-*` folder and then renames the folder, so those are skipped: they are
+    not finished yet, and the rename can land between listing and reading them.
+    """
     stages = out / "stages"
     return {p.name: (p / "done.json").stat().st_mtime_ns for p in stages.iterdir()
-            if (p / "done.json").is_file()} if stages.is_dir() else {}
+            if not p.name.startswith(".") and (p / "done.json").is_file()} if stages.is_dir() else {}
 
 
 def compress(recipe: Path, out: Path) -> subprocess.Popen:
