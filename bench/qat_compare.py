@@ -43,6 +43,11 @@ def runtime(key: str) -> str:
     return "openvino" if "x86" in key or key == "fp32_openvino" else "onnxruntime"
 
 
+def fp32_row(key: str) -> str:
+    """The FP32 row a row is held to: the same model in the same runtime."""
+    return "fp32_openvino" if runtime(key) == "openvino" else "fp32"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="yolov8n-bccd")
@@ -66,8 +71,6 @@ def main() -> None:
     onnx_fp32, metadata = export_onnx(model, IMGSZ, folder, args.model)
 
     def map_of(artifact: Path) -> float:
-        if artifact == onnx_fp32 and "fp32" in rows:  # quantize() asks for the baseline measured above
-            return rows["fp32"]["map50_95"]
         return evaluate(artifact, data, IMGSZ, "val", 0.001, 0.7, "cpu", folder / "val")["map50_95"]
 
     def record(key: str, artifact: Path, info: dict | None = None) -> None:
@@ -98,7 +101,7 @@ def main() -> None:
     for scheme in schemes:
         if f"ptq_{scheme}" not in rows:
             artifact, info = quantize(onnx_fp32, for_scheme(ptq, scheme), TARGETS[SCHEMES[scheme]], data, IMGSZ,
-                                      folder / f"ptq_{scheme}", map_of)
+                                      folder / f"ptq_{scheme}", map_of, rows[fp32_row(scheme)]["map50_95"])
             record(f"ptq_{scheme}", artifact, {k: info[k] for k in ("scheme", "calibration_images", "timings")})
     # this run's rows, timed side by side with the baselines (FP32, PTQ); earlier rows keep their own run's timings
     fp32_rows = ["fp32", *(["fp32_openvino"] if "fp32_openvino" in rows else [])]
@@ -112,7 +115,7 @@ def main() -> None:
     print(f"\n| artifact | mAP50-95 | vs FP32 in its runtime (points) | latency ms |\n|---|---|---|---|")
     for key, row in rows.items():
         if isinstance(row, dict) and "map50_95" in row:
-            base = rows["fp32_openvino" if runtime(key) == "openvino" else "fp32"]
+            base = rows[fp32_row(key)]
             print(f"| {key} | {row['map50_95']:.4f} | {100 * (row['map50_95'] - base['map50_95']):+.2f} "
                   f"| {row.get('latency_ms', float('nan')):.1f} |")
 

@@ -98,7 +98,8 @@ def run(name: str, out: Path, targets: list[str], x86: list[str], pruned: Path |
         if key in rows or target not in targets:
             continue
         t = TARGETS[target] if target in TARGETS else TARGETS["jetson-orin-nano"]
-        artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of)
+        baseline = rows["ov_fp32" if t.runtime == "openvino" else "ort_fp32"]["map50_95"]
+        artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of, baseline)
         runtime = "onnxruntime" if t.runtime == "tensorrt" else t.runtime  # jetson: accuracy proxy on the CPU
         record(key, runtime, artifact, {"info": shown(info)})
     if pruned and "x86" in targets and "pruned_ov_fp32" not in rows:  # prune + INT8, against the unpruned rows
@@ -107,7 +108,7 @@ def run(name: str, out: Path, targets: list[str], x86: list[str], pruned: Path |
         convert_onnx("openvino", pruned_onnx, folder / "pruned" / "pruned_openvino_model", pruned_meta)
         record("pruned_ov_fp32", "openvino", folder / "pruned" / "pruned_openvino_model", {"checkpoint": str(pruned)})
         artifact, info = quantize(pruned_onnx, QuantConfig("ptq", max_map_drop=0.5), TARGETS["x86"], data, 640,
-                                  folder / "pruned_x86", map_of)
+                                  folder / "pruned_x86", map_of, rows["pruned_ov_fp32"]["map50_95"])
         record("pruned_x86_int8", "openvino", artifact, {"info": shown(info)})
     # all artifacts timed at the end, taking turns, so that each ratio is measured side by side (rows an
     # earlier run kept for other targets too)

@@ -60,6 +60,10 @@ def test_run_writes_a_report_for_every_stage(x86_run, demo) -> None:
     assert report["stages"][2]["benchmark"]["execution_precision"] in ("f32", "bf16", "f16")
     quant = report["stages"][-1]["info"]
     assert quant["mode"] == "ptq" and quant["calibration_images"] == 24
+    assert quant["fp32_map50_95"] == openvino_map  # held to the reported FP32 stage, evaluated once for both
+    manifest = [entry["stage"] for entry in json.loads((out / "manifest.json").read_text())["stages"]]
+    assert manifest.count("evaluate-openvino-fp32") == 1
+    assert manifest.index("evaluate-openvino-fp32") < manifest.index("quantize-x86")
     choice = quant["openvino_quantizer"]  # x86's default builds both; which is kept depends on measured speed
     assert choice["setting"] == "auto"
     assert quant["quantizer"] == {"nncf": "nncf", "qdq": "onnxruntime"}[choice["chosen"]]

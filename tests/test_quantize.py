@@ -244,6 +244,7 @@ def test_x86_choice_keeps_the_only_candidate_within_budget_else_the_faster_else_
 def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
     """A real x86 `auto` PTQ of the demo at 96 px: both candidates built, evaluated and timed in OpenVINO."""
     from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model
+    from edgecompress.targets.runtimes import convert_onnx
 
     checkpoint, data = demo
     imgsz = 96
@@ -252,9 +253,11 @@ def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
         return evaluate(artifact, data, imgsz, "val", 0.001, 0.7, "cpu", tmp_path / "val")["map50_95"]
 
     (tmp_path / "export").mkdir()
-    fp32, _ = export_onnx(load_model(checkpoint), imgsz, tmp_path / "export", "model")
+    fp32, metadata = export_onnx(load_model(checkpoint), imgsz, tmp_path / "export", "model")
+    convert_onnx("openvino", fp32, tmp_path / "export" / "model_openvino_model", metadata)
+    baseline = map50_95(tmp_path / "export" / "model_openvino_model")
     config = QuantConfig(calibration_images=8, max_float_layers=0, max_map_drop=1.0)
-    artifact, info = quantize(fp32, config, TARGETS["x86"], str(data), imgsz, tmp_path / "q", map50_95)
+    artifact, info = quantize(fp32, config, TARGETS["x86"], str(data), imgsz, tmp_path / "q", map50_95, baseline)
 
     choice = info["openvino_quantizer"]
     assert json.loads((tmp_path / "q" / "quantize.json").read_text())["openvino_quantizer"] == choice
@@ -267,6 +270,7 @@ def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
     kept = candidates[choice["chosen"]]
     assert info["quantizer"] == {"nncf": "nncf", "qdq": "onnxruntime"}[choice["chosen"]]
     assert (info["int8_map50_95"], info["drop_points"]) == (kept.map50_95, kept.drop_points)
+    assert info["fp32_map50_95"] == baseline
     # the kept candidate is workdir's one artifact: it loads in Ultralytics and scores what it did when chosen
     assert artifact == tmp_path / "q" / "model_int8_openvino_model" and (artifact / "metadata.yaml").is_file()
     assert not list((tmp_path / "q").glob("candidate-*"))

@@ -39,7 +39,7 @@ def test_engines_from_the_qdq_onnx_load_in_ultralytics_and_bench(tmp_path: Path,
 
     fp32, metadata_yaml = export_onnx(load_model(checkpoint), IMGSZ, tmp_path / "export", "model")
     qdq, _ = quantize(fp32, QuantConfig(mode="ptq", calibration_images=16, max_float_layers=0), target, str(data),
-                      IMGSZ, tmp_path / "quantize", map50_95)
+                      IMGSZ, tmp_path / "quantize", map50_95, map50_95(fp32))
     tensorrt_rules.check(onnx.load(str(qdq)))
     metadata = yaml.safe_load(metadata_yaml.read_text())
 

@@ -212,14 +212,16 @@ class _Int8Builder:
 
 
 def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, imgsz: int, workdir: Path,
-             evaluate: Callable[[Path], float]) -> tuple[Path, dict]:
+             evaluate: Callable[[Path], float], baseline: float) -> tuple[Path, dict]:
     """PTQ of the FP32 ONNX (exported by edgecompress.pipeline.yolo.export_onnx, which also writes a metadata.yaml
     beside it that OpenVINO artifacts must carry — see edgecompress/targets/runtimes.py convert_onnx) for `target`.
     Returns the target's artifact (QDQ ONNX for onnxruntime/jetson — keep the ONNX metadata_props so
     `ultralytics.YOLO(artifact)` loads it; an OpenVINO IR folder named `*_openvino_model` with metadata.yaml for x86)
     and a JSON-able info dict (method, scheme, calibration images, fallback layers kept in float, timings; on
     x86 also which quantizer was kept and why, see `choose_quantizer`).
-    `evaluate(artifact) -> mAP50-95` measures a candidate in its runtime; use it for the accuracy-aware fallback."""
+    `evaluate(artifact) -> mAP50-95` measures a candidate in its runtime, for the accuracy-aware fallback, which holds
+    it to `baseline`: the mAP50-95 of the FP32 model in the target's runtime (onnx_fp32 itself, or its OpenVINO IR),
+    which the caller has measured already (the runner reports it as a stage of its own)."""
     onnx_fp32, workdir = Path(onnx_fp32), Path(workdir)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -244,7 +246,6 @@ def quantize(onnx_fp32: Path, config: QuantConfig, target: Target, data: str, im
         return rank_nodes(onnx_fp32, sqnr, candidates)
 
     clock = time.perf_counter()
-    baseline = evaluate(_fp32_artifact(onnx_fp32, target.runtime, workdir))
     results = {name: accuracy_aware(build, evaluate, ranking, baseline, config.max_map_drop,
                                     config.max_float_layers) for name, build in builds.items()}
     timings["quantize_and_evaluate_s"] = round(time.perf_counter() - clock, 1)
@@ -533,10 +534,8 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
     return dest
 
 
-def _fp32_artifact(onnx_fp32: Path, runtime: str, workdir: Path) -> Path:
-    """The FP32 model in the target's runtime, the baseline the INT8 model is held to."""
-    if runtime != "openvino":
-        return onnx_fp32
+def _fp32_openvino(onnx_fp32: Path, workdir: Path) -> Path:
+    """The FP32 IR that NNCF quantizes, converted once for both candidates and every fallback step."""
     from edgecompress.targets.runtimes import convert_onnx
 
     dest = workdir / f"{onnx_fp32.stem}_openvino_model"
@@ -560,7 +559,7 @@ def _nncf_openvino(onnx_fp32: Path, images: Sequence[Path], imgsz: int, keep_flo
     import nncf
     import openvino as ov
 
-    fp32_dir = _fp32_artifact(onnx_fp32, "openvino", workdir)
+    fp32_dir = _fp32_openvino(onnx_fp32, workdir)
     model = ov.Core().read_model(str(fp32_dir / f"{onnx_fp32.stem}.xml"))
     # OpenVINO keeps ONNX node names; a Conv becomes '<name>/WithoutBiases' plus its bias Add '<name>'. The pattern
     # is the head's decode: everything in the head scope outside its cv2/cv3 conv branches (see calibration.graph).

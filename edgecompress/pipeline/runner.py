@@ -168,14 +168,19 @@ class Runner:
             converted = self._step("openvino-fp32", {"parent": exported.key},
                                    lambda folder: self._convert(fp32.path, exported.folder, folder))
             chain.append(self._artifact("openvino-fp32", converted, "openvino", "fp32", source.size))
+        measured: dict[str, dict[str, Any]] = {}
         if recipe.quant.enabled:
             budget = recipe.quant.max_map_drop
             parts = {"quant": to_dict(recipe.quant), "target": target.name, "data": self.data_key,
                      "imgsz": recipe.imgsz}
             if recipe.quant.mode == "ptq":
+                # held to the FP32 model in the target's runtime (the stage just before), measured once for both
+                reference = chain[-1]
+                measured[reference.stage] = self._measure(reference)
+                baseline = measured[reference.stage]["accuracy"]["map50_95"]
                 quantized = self._step(f"quantize-{target.name}",
                                        {**parts, "parent": exported.key, "eval": to_dict(recipe.eval)},
-                                       lambda folder: self._quantize(fp32.path, folder))
+                                       lambda folder: self._quantize(fp32.path, folder, baseline))
             else:  # QAT fine-tunes the PyTorch model, then quantizes it the same way
                 quantized = self._step(f"qat-{target.name}", {**parts, "parent": source.key,
                                                               "device": recipe.device},
@@ -191,7 +196,7 @@ class Runner:
         if bundle and bundle.info["engine"]:
             chain.append(Artifact("tensorrt-int8", bundle.folder / bundle.info["engine"], "tensorrt", "int8",
                                   bundle.key, source.size, bundle.info))
-        stages = [self._measure(artifact) for artifact in chain]
+        stages = [measured.get(artifact.stage) or self._measure(artifact) for artifact in chain]
         if bundle and not bundle.info["engine"]:
             final = self._publish(bundle.folder, f"{checkpoint.stem}-{target.name}-int8-tensorrt-bundle")
         else:
@@ -238,7 +243,7 @@ class Runner:
         onnx_path, _ = yolo.export_onnx(model, self.recipe.imgsz, folder, "model")
         return {"artifact": onnx_path.name}
 
-    def _quantize(self, onnx_fp32: Path, folder: Path) -> dict[str, Any]:
+    def _quantize(self, onnx_fp32: Path, folder: Path, baseline: float) -> dict[str, Any]:
         e = self.recipe.eval
 
         def evaluate(candidate: Path) -> float:
@@ -246,7 +251,7 @@ class Runner:
                                  self.recipe.device, folder / "eval")["map50_95"]
 
         artifact, info = quantize(onnx_fp32, self.recipe.quant, self.target, str(self.data["yaml_file"]),
-                                  self.recipe.imgsz, folder, evaluate)
+                                  self.recipe.imgsz, folder, evaluate, baseline)
         shutil.rmtree(folder / "eval", ignore_errors=True)
         return {"artifact": artifact.name, **info}
 
