@@ -110,6 +110,16 @@ def test_class_count_differs_from_the_model(capsys, tmp_path: Path, demo, datase
                      "--data", str(dataset_copy))
 
 
+def test_huge_class_count_without_names_fails_before_naming_every_class(capsys, tmp_path: Path, demo,
+                                                                       dataset_copy: Path) -> None:
+    """Ultralytics would build 5 million names (1e15 fills any machine's memory) before the count is compared."""
+    spec = yaml.safe_load(dataset_copy.read_text())
+    del spec["names"]
+    dataset_copy.write_text(yaml.safe_dump({**spec, "nc": 5.0e6}))
+    expect_bad_input(capsys, tmp_path, "says nc: 5000000.0 but the model has 1 classes", "--model", str(demo[0]),
+                     "--data", str(dataset_copy))
+
+
 def test_label_class_id_beyond_names(capsys, tmp_path: Path, demo, dataset_copy: Path) -> None:
     label = sorted((dataset_copy.parent / "labels" / "train").iterdir())[3]
     label.write_text("4 0.5 0.5 0.2 0.2\n")

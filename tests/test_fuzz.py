@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -71,12 +72,14 @@ def test_any_dataset_yaml_checks_or_names_its_error(demo, spec: dict) -> None:
         root = Path(tmp) / "data"
         shutil.copytree(demo[1].parent, root)
         (root / "data.yaml").write_text(yaml.safe_dump(spec))
-        try:
-            info = check_dataset(root / "data.yaml", classes=1)
-        except UserError as e:
-            assert str(e) and "\n" not in str(e)
-        else:
-            assert info["nc"] == 1
+        # Ultralytics resolves a relative `path` against the working directory: here, the copy, not the checkout
+        with contextlib.chdir(root):
+            try:
+                info = check_dataset(root / "data.yaml", classes=1)
+            except UserError as e:
+                assert str(e) and "\n" not in str(e)
+            else:
+                assert info["nc"] == 1
 
 
 cli_recipes = st.fixed_dictionaries({"imgsz": st.just(64), "bench": st.just({"warmup": 0, "runs": 1})}, optional={

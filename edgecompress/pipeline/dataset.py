@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ultralytics.data.utils import check_det_dataset, img2label_paths
 
 from edgecompress.bench import list_images
@@ -26,6 +27,7 @@ def check_dataset(data: str | Path, classes: int, eval_split: str = "val") -> di
     data = Path(data)
     if not data.is_file():
         raise UserError(f"dataset YAML {data} does not exist; pass the data.yaml the model was trained with")
+    _check_declared_count(data, classes)
     try:
         info = check_det_dataset(str(data), autodownload=False)
     except Exception as e:  # Ultralytics raises a zoo of types for a bad YAML; all mean the same to the user
@@ -41,6 +43,24 @@ def check_dataset(data: str | Path, classes: int, eval_split: str = "val") -> di
                 raise UserError(f"the '{split}' split of {data} has no labels: put one .txt per image in the "
                                 f"'labels' folder beside 'images' (YOLO layout), or evaluate on another split")
     return info
+
+
+def _check_declared_count(data: Path, classes: int) -> None:
+    """Refuse an `nc` without `names` that differs from the model's class count, before Ultralytics reads it: it
+    names such classes class_0 .. class_{nc-1}, so a huge `nc` (a typo, or 1e15) would fill the memory first."""
+    try:
+        spec = yaml.safe_load(data.read_text(errors="replace"))
+    except yaml.YAMLError:
+        return  # Ultralytics' loader says what is wrong with the YAML
+    if not isinstance(spec, dict) or spec.get("names") is not None or "nc" not in spec:
+        return
+    try:
+        count = float(spec["nc"])
+    except (TypeError, ValueError):
+        return  # not a number: Ultralytics' "must be an integer"
+    if count != classes:
+        raise UserError(f"dataset YAML {data} says nc: {spec['nc']} but the model has {classes} classes; pass the "
+                        f"dataset the model was trained on, or write its class names under 'names'")
 
 
 def _check_labels(images: list[Path], classes: int) -> int:
