@@ -270,7 +270,6 @@ def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
     kept = candidates[choice["chosen"]]
     assert info["quantizer"] == {"nncf": "nncf", "qdq": "onnxruntime"}[choice["chosen"]]
     assert (info["int8_map50_95"], info["drop_points"]) == (kept.map50_95, kept.drop_points)
-    assert info["fp32_map50_95"] == baseline
     # the kept candidate is workdir's one artifact: it loads in Ultralytics and scores what it did when chosen
     assert artifact == tmp_path / "q" / "model_int8_openvino_model" and (artifact / "metadata.yaml").is_file()
     assert not list((tmp_path / "q").glob("candidate-*"))
