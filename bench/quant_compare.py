@@ -98,9 +98,9 @@ def run(name: str, out: Path, targets: list[str], x86: list[str], pruned: Path |
         if key in rows or target not in targets:
             continue
         t = TARGETS[target] if target in TARGETS else TARGETS["jetson-orin-nano"]
-        baseline = rows["ov_fp32" if t.runtime == "openvino" else "ort_fp32"]["map50_95"]
-        artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of, baseline)
         runtime = "onnxruntime" if t.runtime == "tensorrt" else t.runtime  # jetson: accuracy proxy on the CPU
+        baseline = rows[{"openvino": "ov_fp32", "onnxruntime": "ort_fp32"}[runtime]]["map50_95"]
+        artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of, baseline)
         record(key, runtime, artifact, {"info": shown(info)})
     if pruned and "x86" in targets and "pruned_ov_fp32" not in rows:  # prune + INT8, against the unpruned rows
         (folder / "pruned").mkdir(exist_ok=True)
