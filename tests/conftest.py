@@ -9,6 +9,9 @@ import pytest
 import yaml
 
 from edgecompress.pipeline.runner import demo_paths
+from edgecompress.yolo import patches
+
+patches.apply()  # as every run does: Ultralytics writes no label caches into the datasets tests read
 
 FAST_BENCH = {"warmup": 1, "runs": 3, "max_seconds": 5.0}
 
@@ -38,3 +41,15 @@ def fast_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+def evaluator(data: Path, imgsz: int, split: str = "val"):
+    """The run's evaluation protocol on a dataset (checked against its own class count), as stages receive it."""
+    import yaml as _yaml
+
+    from edgecompress.yolo.data import Dataset
+    from edgecompress.yolo.model import Evaluator
+
+    spec = _yaml.safe_load(Path(data).read_text())
+    classes = len(spec["names"]) if "names" in spec else int(spec["nc"])
+    return Evaluator(Dataset.check(data, classes, split), imgsz, split)

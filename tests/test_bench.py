@@ -11,23 +11,25 @@ from pathlib import Path
 
 import pytest
 
-from edgecompress.bench import BenchConfig, dataset_images, measure, power_mode_from
+from edgecompress.cli import main
+from edgecompress.device.bench import measure
+from edgecompress.device.host import power_mode_from
+from edgecompress.device.images import dataset_images
+from edgecompress.device.timing import BenchConfig
 from edgecompress.errors import UserError
-from edgecompress.pipeline.cli import main
 
 IMGSZ = 96
 # What a device has: numpy, OpenCV, pyyaml and one runtime. Importing anything else must fail, as it would there.
 BLOCKED = ["torch", "torchvision", "ultralytics", "onnx", "matplotlib"]
 LIGHT = (f"import sys; sys.modules.update(dict.fromkeys({BLOCKED})); "
-         "from edgecompress.pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+         "from edgecompress.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory: pytest.TempPathFactory, demo: tuple[Path, Path]) -> Path:
-    from edgecompress.pipeline.yolo import export_onnx, load_model
+    from edgecompress.yolo.model import export_onnx, load_model
 
-    onnx_path, _ = export_onnx(load_model(demo[0]), IMGSZ, tmp_path_factory.mktemp("export"), "model")
-    return onnx_path
+    return export_onnx(load_model(demo[0]), IMGSZ, tmp_path_factory.mktemp("export"), "model")
 
 
 def test_bench_light_path_writes_its_schema(tmp_path: Path, small_onnx: Path, demo: tuple[Path, Path]) -> None:
@@ -57,10 +59,9 @@ def test_bench_light_path_writes_its_schema(tmp_path: Path, small_onnx: Path, de
 
 
 def test_bench_openvino_folder_without_data(tmp_path: Path, small_onnx: Path) -> None:
-    from edgecompress.targets.runtimes import convert_onnx
+    from edgecompress.targets.openvino import to_ir
 
-    folder = tmp_path / "model_openvino_model"
-    convert_onnx("openvino", small_onnx, folder, small_onnx.parent / "metadata.yaml")
+    folder = to_ir(small_onnx, tmp_path / "model_openvino_model", small_onnx.parent / "metadata.yaml")
     assert main(["bench", str(folder), "--runs", "2", "--threads", "1", "--out", str(tmp_path / "b")]) == 0
     report = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert report["runtime"] == "openvino" and report["imgsz"] == IMGSZ and report["threads"] == 1
@@ -91,9 +92,9 @@ def test_bench_errors_name_the_bad_value(tmp_path: Path, small_onnx: Path, capsy
 
 
 def test_dataset_images_agree_with_ultralytics(demo: tuple[Path, Path]) -> None:
-    from edgecompress.pipeline.dataset import check_dataset, split_images
+    from edgecompress.yolo.data import Dataset
 
-    assert dataset_images(demo[1]) == split_images(check_dataset(demo[1], 1), "val")
+    assert dataset_images(demo[1]) == Dataset.check(demo[1], 1).images("val")
 
 
 def test_dataset_images_from_a_list_file_and_a_dataset_root(tmp_path: Path, demo: tuple[Path, Path]) -> None:

@@ -17,9 +17,9 @@ def test_same_key_is_reused_and_other_keys_are_not(tmp_path: Path) -> None:
         (folder / "a.txt").write_text("x")
         return {"artifact": "a.txt"}
 
-    first = cache.stage("export", {"imgsz": 160}, build)
-    again = cache.stage("export", {"imgsz": 160}, build)
-    other = cache.stage("export", {"imgsz": 320}, build)
+    first = cache.stage("export", "k160", build)
+    again = cache.stage("export", "k160", build)
+    other = cache.stage("export", "k320", build)
     assert (first.reused, again.reused, other.reused) == (False, True, False)
     assert first.folder == again.folder != other.folder
     assert (again.folder / again.info["artifact"]).read_text() == "x"
@@ -34,8 +34,8 @@ def test_a_failed_build_leaves_no_finished_stage(tmp_path: Path) -> None:
         raise KeyboardInterrupt  # as Ctrl-C in the middle of writing an artifact
 
     with pytest.raises(KeyboardInterrupt):
-        cache.stage("export", {}, broken)
+        cache.stage("export", "key", broken)
     assert not list(tmp_path.glob("export-*"))
     assert cache.sweep() and not list(tmp_path.glob(".tmp-*"))
-    entry = cache.stage("export", {}, lambda folder: {"ok": True})
+    entry = cache.stage("export", "key", lambda folder: {"ok": True})
     assert not entry.reused and entry.info == {"ok": True}

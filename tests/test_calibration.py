@@ -11,11 +11,20 @@ import pytest
 from onnx import numpy_helper
 from tiny_models import detector, ramp_inputs
 
-from edgecompress.calibration import Ranges, estimate_ranges, letterbox, mse_range, preprocess, quant_params, select_images
+from edgecompress.calibration.data import preprocess
+from edgecompress.calibration.ranges import Ranges, collect, estimate_ranges, mse_range, quant_params
 from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
-from edgecompress.pipeline.quantize import Scheme, quantize_qdq
+from edgecompress.device.images import letterbox
+from edgecompress.quantize.qdq import quantize_qdq
+from edgecompress.quantize.scheme import Scheme
+from edgecompress.yolo.data import Dataset
 
 DEMO = Path(__file__).resolve().parents[1] / "edgecompress" / "demo" / "raccoon" / "data.yaml"
+
+
+def calibrate(model: Path, inputs: list[np.ndarray], method: str, **options: object) -> Ranges:
+    """Collect the model's statistics over `inputs`, then the method's ranges."""
+    return estimate_ranges(collect(model, inputs), method, **options)
 
 
 def qdq_params(model_path: Path, tensor: str) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +44,7 @@ def weight_scales(model_path: Path, weight: str) -> np.ndarray:
 
 def test_minmax_asymmetric_uint8_scales(tmp_path):
     model = detector(tmp_path / "m.onnx")
-    ranges = estimate_ranges(model, ramp_inputs(), "minmax", tmp_path)
+    ranges = calibrate(model, ramp_inputs(), "minmax")
     assert ranges.tensors["images"] == pytest.approx((-1.0, 3.0))
     out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(False, True, False), ["/model.1/Sigmoid"])
     scale, zero = qdq_params(out, "images")
@@ -45,7 +54,7 @@ def test_minmax_asymmetric_uint8_scales(tmp_path):
 
 def test_minmax_symmetric_int8_scales_and_per_channel_weights(tmp_path):
     model = detector(tmp_path / "m.onnx")
-    ranges = estimate_ranges(model, ramp_inputs(), "minmax", tmp_path, symmetric=True)
+    ranges = calibrate(model, ramp_inputs(), "minmax", symmetric=True)
     assert ranges.tensors["images"] == pytest.approx((-3.0, 3.0))
     out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(True, True, True), ["/model.1/Sigmoid"])
     scale, zero = qdq_params(out, "images")
@@ -56,7 +65,7 @@ def test_minmax_symmetric_int8_scales_and_per_channel_weights(tmp_path):
 
 def test_per_tensor_weights_take_the_largest_channel(tmp_path):
     model = detector(tmp_path / "m.onnx")
-    ranges = estimate_ranges(model, ramp_inputs(), "minmax", tmp_path)
+    ranges = calibrate(model, ramp_inputs(), "minmax")
     out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(False, False, False), ["/model.1/Sigmoid"])
     assert weight_scales(out, "w0") == pytest.approx(2.0 / 127)
 
@@ -69,7 +78,7 @@ def outlier_inputs() -> list[np.ndarray]:
 
 def test_percentile_cuts_the_outlier_within_one_bin(tmp_path):
     model = detector(tmp_path / "m.onnx")
-    ranges = estimate_ranges(model, outlier_inputs(), "percentile", tmp_path, percentile=99.8)
+    ranges = calibrate(model, outlier_inputs(), "percentile", percentile=99.8)
     low, high = ranges.tensors["images"]
     # 0.1% cut each side: the high cut lies at the 99.9% quantile, ~0.999, on a histogram of 2048 bins over
     # [-100, 100] (bin width 200/2048 = 0.098): the result is that bin's edge.
@@ -80,7 +89,7 @@ def test_percentile_cuts_the_outlier_within_one_bin(tmp_path):
 
 def test_entropy_clips_the_outlier(tmp_path):
     model = detector(tmp_path / "m.onnx")
-    low, high = estimate_ranges(model, outlier_inputs(), "entropy", tmp_path).tensors["images"]
+    low, high = calibrate(model, outlier_inputs(), "entropy").tensors["images"]
     # 512 bins over [-100, 100]; the KL search starts at 128 quantized bins (threshold 64 * 200/512 = 25) and
     # must clip the lone outlier rather than keep the full range
     assert low == pytest.approx(0.0) and 25.0 <= high < 100.0
@@ -98,7 +107,7 @@ def test_mse_range_against_hand_computed_errors():
 
 def test_mse_calibration_runs_on_a_model(tmp_path):
     model = detector(tmp_path / "m.onnx")
-    ranges = estimate_ranges(model, outlier_inputs(), "mse", tmp_path)
+    ranges = calibrate(model, outlier_inputs(), "mse")
     low, high = ranges.tensors["images"]
     # Unlike percentile and entropy, MSE keeps this outlier: over [0, 100] the 2047 bulk values lose about
     # (100/255)^2 / 12 each (26 in all), while clipping near 1 costs the outlier 99^2 = 9801.
@@ -117,13 +126,14 @@ def test_ranges_roundtrip_as_json(tmp_path):
     assert Ranges.load(tmp_path / "r.json") == ranges
 
 
-def test_select_images_warns_below_300_and_says_why(caplog):
+def test_calibration_images_warn_below_300_and_say_why(caplog):
+    dataset = Dataset.check(DEMO, 1)
     with caplog.at_level(logging.WARNING):
-        images = select_images(DEMO, 300)
-    assert images and all(p.suffix == ".jpg" for p in images)
+        images = dataset.calibration_images(300)
+    assert images and all(p.suffix == ".jpg" and "train" in p.parts for p in images)
     assert "fewer than 300" in caplog.text and "rare extremes" in caplog.text
-    assert select_images(DEMO, 3, seed=1) == select_images(DEMO, 3, seed=1)
-    assert len(select_images(DEMO, 3)) == 3
+    assert dataset.calibration_images(3, seed=1) == dataset.calibration_images(3, seed=1)
+    assert len(dataset.calibration_images(3)) == 3
 
 
 def test_letterbox_matches_ultralytics():
@@ -135,7 +145,7 @@ def test_letterbox_matches_ultralytics():
 
 
 def test_preprocess_is_rgb_nchw_float_in_0_1():
-    path = select_images(DEMO, 1)[0]
+    path = Dataset.check(DEMO, 1).calibration_images(1)[0]
     x = preprocess(path, 320)
     assert x.shape == (1, 3, 320, 320) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
@@ -143,7 +153,7 @@ def test_preprocess_is_rgb_nchw_float_in_0_1():
 
 def test_sensitivity_ranks_the_coarsest_layer_first(tmp_path):
     model = detector(tmp_path / "m.onnx")
-    ranges = estimate_ranges(model, ramp_inputs(), "minmax", tmp_path)
+    ranges = calibrate(model, ramp_inputs(), "minmax")
     # Widen one activation's range 100x: its 8-bit steps become 100x coarser, so it must rank first.
     low, high = ranges.tensors["b"]
     wide = Ranges(ranges.method, False, None, ranges.images, {**ranges.tensors, "b": (low, high * 100)})

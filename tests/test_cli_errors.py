@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from edgecompress.pipeline.cli import main
+from edgecompress.cli import main
 
 
 def snapshot(folder: Path, skip: Path) -> dict[str, str]:
@@ -190,7 +190,7 @@ def test_output_folder_with_foreign_files(capsys, tmp_path: Path) -> None:
 
 
 def test_output_folder_of_another_checkpoint(capsys, tmp_path: Path) -> None:
-    from edgecompress.pipeline.runner import MARKER
+    from edgecompress.pipeline.cache import MARKER
 
     out = tmp_path / "out"
     out.mkdir()

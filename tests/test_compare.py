@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from edgecompress.pipeline.cli import main
-from edgecompress.pipeline.compare import ACCURACY_PLOT, STAGES_PLOT, rows
+from edgecompress.cli import main
+from edgecompress.pipeline.merge import ACCURACY_PLOT, STAGES_PLOT, rows
 
 FAST = "imgsz: 64\nbench: {warmup: 1, runs: 3, max_seconds: 5}\n"
 

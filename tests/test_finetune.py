@@ -8,14 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import evaluator
 import torch
 import yaml
 from torch import nn
 
-import edgecompress.pipeline.yolo as yolo  # first: Ultralytics must not write caches into the dataset
-from edgecompress.pipeline.config import ConfigError
-from edgecompress.pipeline.finetune import FinetuneConfig, _output_distillation, finetune
-from edgecompress.pipeline.prune import PruneConfig, prune
+import edgecompress.yolo.model as yolo
+from edgecompress.config import ConfigError
+from edgecompress.yolo.config import FinetuneConfig
+from edgecompress.yolo.train import _output_distillation, finetune
+from edgecompress.prune.config import PruneConfig
+from edgecompress.prune.pruner import prune
 
 IMGSZ = 96
 QUICK = FinetuneConfig(epochs=1, batch=8, workers=0, schedule="recover")
@@ -30,9 +33,8 @@ def pruned_and_tuned(demo, tmp_path_factory):
     """The demo checkpoint pruned by half its FLOPs, then fine-tuned one epoch."""
     work = tmp_path_factory.mktemp("ft")
     base = yolo.load_model(demo[0])
-    pruned, _ = prune(base, PruneConfig(flops=0.5), str(demo[1]), IMGSZ, "cpu", work / "prune")
-    tuned, info = finetune(pruned, FinetuneConfig(epochs=1, workers=0), str(demo[1]), IMGSZ, "cpu",
-                           work / "finetune", reference=base)
+    pruned, _ = prune(base, PruneConfig(flops=0.5), evaluator(demo[1], IMGSZ), work / "prune")
+    tuned, info = finetune(pruned, FinetuneConfig(epochs=1, workers=0), evaluator(demo[1], IMGSZ), work / "finetune", reference=base)
     return base, pruned, tuned, info, work
 
 
@@ -54,8 +56,7 @@ def test_auto_schedule_recovers_a_pruned_model(pruned_and_tuned):
 def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(demo, tmp_path):
     model = yolo.load_model(demo[0])
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
-    tuned, info = finetune(model, FinetuneConfig(epochs=1, batch=8, workers=0), str(demo[1]), IMGSZ, "cpu",
-                           tmp_path, reference=model)
+    tuned, info = finetune(model, FinetuneConfig(epochs=1, batch=8, workers=0), evaluator(demo[1], IMGSZ), tmp_path, reference=model)
     assert info["schedule"]["name"] == "preserve" and info["schedule"]["auto"]["points_below"] == 0
     after = tuned.state_dict()
     assert all(torch.equal(v, after[k].to(v.dtype)) for k, v in stats.items())
@@ -65,7 +66,7 @@ def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(de
 def test_trainer_writes_only_into_workdir(demo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative workdir: Ultralytics would file it under ./runs/detect
     model = yolo.load_model(demo[0])
-    finetune(model, QUICK, str(demo[1]), IMGSZ, "cpu", Path("work"))
+    finetune(model, QUICK, evaluator(demo[1], IMGSZ), Path("work"))
     assert (tmp_path / "work" / "train" / "weights" / "best.pt").exists() and not (tmp_path / "runs").exists()
 
 
@@ -76,7 +77,7 @@ def test_checkpoint_round_trip_in_a_fresh_process(pruned_and_tuned, demo, tmp_pa
     script = f"""
 import json, os
 os.environ["YOLO_OFFLINE"] = "1"
-import edgecompress.pipeline.yolo  # keeps Ultralytics from writing label caches into the demo dataset
+from edgecompress.yolo import patches; patches.apply()  # no label caches written into the demo dataset
 import torch
 from torch import nn
 from ultralytics import YOLO
@@ -97,18 +98,16 @@ print(json.dumps({{"widths": [m.out_channels for m in model.model.modules() if i
 def test_pruned_model_exports_and_evaluates_with_the_pipeline(pruned_and_tuned, demo, tmp_path):
     _, _, tuned, _, _ = pruned_and_tuned
     loaded = yolo.load_model(yolo.save_checkpoint(tuned, tmp_path / "pruned.pt"))
-    onnx_path, _ = yolo.export_onnx(loaded, IMGSZ, tmp_path, "pruned")
-    metrics = yolo.evaluate(onnx_path, demo[1], IMGSZ, "val", 0.001, 0.7, "cpu", tmp_path)
+    onnx_path = yolo.export_onnx(loaded, IMGSZ, tmp_path, "pruned")
+    metrics = evaluator(demo[1], IMGSZ)(onnx_path, tmp_path)
     assert onnx_path.exists() and metrics["images"] == 12
 
 
 def test_distillation_and_group_sparse_training_run(demo, tmp_path):
     base = yolo.load_model(demo[0])
-    pruned, info = prune(base, PruneConfig(ratio=0.2, criterion="group_norm", sparse_epochs=1), str(demo[1]),
-                         IMGSZ, "cpu", tmp_path / "prune")
+    pruned, info = prune(base, PruneConfig(ratio=0.2, criterion="group_norm", sparse_epochs=1), evaluator(demo[1], IMGSZ), tmp_path / "prune")
     assert info["sparse_training"]["epochs_log"]
-    tuned, ft = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0, distill=1.0), str(demo[1]), IMGSZ,
-                         "cpu", tmp_path / "ft", reference=base)
+    tuned, ft = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0, distill=1.0), evaluator(demo[1], IMGSZ), tmp_path / "ft", reference=base)
     assert widths(tuned) == widths(pruned)
     assert ft["epochs_log"][0]["train/dis_loss"] > 0
     assert all(type(m).__module__.startswith(("torch.nn.", "ultralytics.nn.")) for m in tuned.modules())
@@ -137,7 +136,7 @@ def test_config_errors_name_the_value():
 
 def test_auto_schedule_without_the_unpruned_model_says_what_to_set(demo, tmp_path):
     with pytest.raises(ConfigError, match="schedule: recover"):
-        finetune(yolo.load_model(demo[0]), FinetuneConfig(epochs=1), str(demo[1]), IMGSZ, "cpu", tmp_path)
+        finetune(yolo.load_model(demo[0]), FinetuneConfig(epochs=1), evaluator(demo[1], IMGSZ), tmp_path)
 
 
 def test_yolo26_prunes_fine_tunes_saves_loads_and_exports(demo, tmp_path):
@@ -145,23 +144,23 @@ def test_yolo26_prunes_fine_tunes_saves_loads_and_exports(demo, tmp_path):
 
     model = DetectionModel("yolo26n.yaml", nc=1, verbose=False).eval()  # end-to-end head, built without downloads
     model.names = {0: "raccoon"}
-    pruned, _ = prune(model, PruneConfig(flops=0.3), str(demo[1]), 64, "cpu", tmp_path / "prune")
-    tuned, _ = finetune(pruned, QUICK, str(demo[1]), 64, "cpu", tmp_path / "ft")
+    pruned, _ = prune(model, PruneConfig(flops=0.3), evaluator(demo[1], 64), tmp_path / "prune")
+    tuned, _ = finetune(pruned, QUICK, evaluator(demo[1], 64), tmp_path / "ft")
     assert widths(tuned) == widths(pruned)
     path = yolo.save_checkpoint(tuned, tmp_path / "yolo26-pruned.pt")
-    script = (f"import edgecompress.pipeline.yolo\nfrom ultralytics import YOLO\n"
+    script = (f"from edgecompress.yolo import patches\npatches.apply()\nfrom ultralytics import YOLO\n"
               f"r = YOLO({str(path)!r}).predict({str(next((demo[1].parent / 'images' / 'val').iterdir()))!r}, "
               f"imgsz=64, verbose=False)\nprint(r[0].boxes.data.shape[-1])")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**__import__("os").environ, "YOLO_OFFLINE": "1"})
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "6", done.stderr[-2000:]
-    onnx_path, _ = yolo.export_onnx(yolo.load_model(path), 64, tmp_path, "yolo26-pruned")
+    onnx_path = yolo.export_onnx(yolo.load_model(path), 64, tmp_path, "yolo26-pruned")
     assert onnx_path.stat().st_size > 0
 
 
 def test_iterative_pruning_fine_tunes_between_steps_and_reaches_the_target(demo, tmp_path):
     config = PruneConfig(flops=0.4, steps=2, step_finetune=QUICK, max_map_drop=100.0)
-    pruned, info = prune(yolo.load_model(demo[0]), config, str(demo[1]), IMGSZ, "cpu", tmp_path)
+    pruned, info = prune(yolo.load_model(demo[0]), config, evaluator(demo[1], IMGSZ), tmp_path)
     assert len(info["steps"]) == 2 and info["steps"][0]["finetune"]["epochs_log"]
     assert info["steps"][0]["gflops"] > info["steps"][1]["gflops"]
     assert abs(info["flops_removed"] - 0.4) <= 0.03

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgecompress.errors import UserError
-from edgecompress.pipeline.cli import main
-from edgecompress.pipeline.dataset import check_dataset
-from edgecompress.pipeline.recipe import Recipe
+from edgecompress.cli import main
+from edgecompress.yolo.data import Dataset
+from edgecompress.recipe import Recipe
 
 SECTIONS = {
     "eval": {"split": st.sampled_from(["val", "test", "train", ""]), "conf": st.floats(-1, 2),
@@ -75,7 +75,7 @@ def test_any_dataset_yaml_checks_or_names_its_error(demo, spec: dict) -> None:
         # Ultralytics resolves a relative `path` against the working directory: here, the copy, not the checkout
         with contextlib.chdir(root):
             try:
-                info = check_dataset(root / "data.yaml", classes=1)
+                info = Dataset.check(root / "data.yaml", classes=1).info
             except UserError as e:
                 assert str(e) and "\n" not in str(e)
             else:

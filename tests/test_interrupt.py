@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import openvino as ov
 
-from edgecompress.pipeline.yolo import load_model
+from edgecompress.yolo.model import load_model
 
 
 def finished(out: Path) -> dict[str, int]:
@@ -26,7 +26,7 @@ def finished(out: Path) -> dict[str, int]:
 
 
 def compress(recipe: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edgecompress.pipeline.cli", "--target", "x86",
+    return subprocess.Popen([sys.executable, "-m", "edgecompress.cli", "--target", "x86",
                              "--recipe", str(recipe), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -48,7 +48,7 @@ def test_killed_after_every_stage_resumes_to_the_same_report(tmp_path: Path, fas
         assert {k: after[k] for k in before} == before, "a finished stage was redone or rewritten"
         assert kills < 20
     assert proc.returncode == 0
-    assert kills >= 8  # describe, export, convert, and an evaluation and a benchmark per artifact
+    assert kills >= 8  # load, export, convert, and an evaluation and a benchmark per artifact
     assert not list((out / "stages").glob(".tmp-*"))
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -81,7 +81,7 @@ def test_killed_in_the_middle_of_fine_tuning_resumes_without_redoing_pruning(tmp
     recipe = fast_recipe(imgsz=64, prune={"flops": 0.2}, finetune={"epochs": 3, "batch": 4},
                          quant={"mode": "none"})
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "edgecompress.pipeline.cli", "--recipe", str(recipe), "--out", str(out)]
+    command = [sys.executable, "-m", "edgecompress.cli", "--recipe", str(recipe), "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     # after the first epoch has written its results, before the last one
@@ -106,7 +106,7 @@ def test_ctrl_c_ends_with_a_message_and_a_resumable_state(tmp_path: Path, fast_r
     import signal
 
     recipe, out = fast_recipe(quant={"mode": "none"}), tmp_path / "out"
-    command = [sys.executable, "-m", "edgecompress.pipeline.cli", "--recipe", str(recipe), "--out", str(out)]
+    command = [sys.executable, "-m", "edgecompress.cli", "--recipe", str(recipe), "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list((out / "stages").glob(".tmp-export-*")) and time.time() < deadline and proc.poll() is None:

@@ -6,14 +6,17 @@ import copy
 from pathlib import Path
 
 import pytest
+from conftest import evaluator
 import torch
 from torch import nn
 
-import edgecompress.pipeline.yolo as yolo  # first: Ultralytics must not write caches into the dataset
-from edgecompress.pipeline.config import ConfigError, from_dict
-from edgecompress.pipeline.finetune import FinetuneConfig
-from edgecompress.pipeline.prune import PruneConfig, prune, remove_blocks
-from edgecompress.pipeline.yolo_blocks import fold_blocks, split_blocks
+import edgecompress.yolo.model as yolo
+from edgecompress.config import ConfigError, from_dict
+from edgecompress.yolo.config import FinetuneConfig
+from edgecompress.prune.config import PruneConfig
+from edgecompress.prune.depth import remove_blocks
+from edgecompress.prune.pruner import prune
+from edgecompress.yolo.blocks import fold_blocks, split_blocks
 from ultralytics.nn.tasks import DetectionModel
 
 IMGSZ = 64  # channel dependencies and output shapes do not need more
@@ -53,7 +56,7 @@ def test_each_architecture_prunes_and_keeps_its_output_shapes(arch, demo, tmp_pa
     model = build(arch, demo)
     eval_shapes, train_shapes = outputs(model, False), outputs(model, True)
     state = copy.deepcopy(model.state_dict())
-    pruned, info = prune(model, PruneConfig(ratio=0.3, round_to=8), str(demo[1]), IMGSZ, "cpu", tmp_path)
+    pruned, info = prune(model, PruneConfig(ratio=0.3, round_to=8), evaluator(demo[1], IMGSZ), tmp_path)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the input model is untouched
 
     assert info["after"]["gflops"] < 0.75 * info["before"]["gflops"]
@@ -72,7 +75,7 @@ def test_each_architecture_prunes_and_keeps_its_output_shapes(arch, demo, tmp_pa
 @pytest.mark.parametrize("target", [0.4])
 def test_flops_target_is_reached_within_3_percent(target, demo, tmp_path):
     model = build("yolov8n-demo", demo)
-    _, info = prune(model, PruneConfig(flops=target), str(demo[1]), 160, "cpu", tmp_path)
+    _, info = prune(model, PruneConfig(flops=target), evaluator(demo[1], 160), tmp_path)
     assert abs(info["flops_removed"] - target) <= 0.03
 
 
@@ -80,34 +83,34 @@ def test_flops_target_is_reached_within_3_percent(target, demo, tmp_path):
 def test_every_criterion_prunes(criterion, demo, tmp_path):
     model = build("yolov8n-demo", demo)
     config = PruneConfig(ratio=0.25, criterion=criterion, allocation="uniform", batches=1)
-    pruned, info = prune(model, config, str(demo[1]), IMGSZ, "cpu", tmp_path)
+    pruned, info = prune(model, config, evaluator(demo[1], IMGSZ), tmp_path)
     assert info["after"]["parameters"] < 0.8 * info["before"]["parameters"]
     assert outputs(pruned, False) == outputs(build("yolov8n-demo", demo), False)
 
 
 def test_iterative_ratio_counts_channels_of_the_unpruned_model(demo, tmp_path):
     uniform = dict(criterion="l2", allocation="uniform")  # the step arithmetic, without data-driven scores
-    once = prune(build("yolov8n-demo", demo), PruneConfig(ratio=0.5, **uniform), str(demo[1]), IMGSZ, "cpu",
-                 tmp_path / "a")[1]
+    once = prune(build("yolov8n-demo", demo), PruneConfig(ratio=0.5, **uniform), evaluator(demo[1], IMGSZ), tmp_path / "a")[1]
     stepped = prune(build("yolov8n-demo", demo),
                     PruneConfig(ratio=0.5, steps=3, step_finetune=FinetuneConfig(epochs=0), **uniform),
-                    str(demo[1]), IMGSZ, "cpu", tmp_path / "b")[1]
+                    evaluator(demo[1], IMGSZ), tmp_path / "b")[1]
     assert stepped["after"]["parameters"] == pytest.approx(once["after"]["parameters"], rel=0.03)
 
 
 def test_a_group_without_taylor_signal_is_ranked_by_magnitude(demo, tmp_path, monkeypatch):
-    import edgecompress.pipeline.prune as prune_module
+    from edgecompress.prune.importance import CRITERIA
 
-    score = prune_module._score_with_data
+    taylor = CRITERIA["taylor"]
+    feed = taylor.feed
 
     def no_gradient_in_one_branch(model, *args):  # as when no scoring batch has an object at that scale
-        score(model, *args)
+        feed(model, *args)
         for p in model.model[-1].cv2[0].parameters():
             p.grad = torch.zeros_like(p)
 
-    monkeypatch.setattr(prune_module, "_score_with_data", no_gradient_in_one_branch)
+    monkeypatch.setattr(taylor, "feed", no_gradient_in_one_branch)
     config = PruneConfig(ratio=0.3, criterion="taylor", allocation="global", batches=1)
-    pruned, info = prune(build("yolov8n-demo", demo), config, str(demo[1]), IMGSZ, "cpu", tmp_path)
+    pruned, info = prune(build("yolov8n-demo", demo), config, evaluator(demo[1], IMGSZ), tmp_path)
     assert info["steps"][0]["scored_by_l2"]
     assert info["after"]["parameters"] < 0.9 * info["before"]["parameters"]
 
@@ -115,7 +118,7 @@ def test_a_group_without_taylor_signal_is_ranked_by_magnitude(demo, tmp_path, mo
 def test_global_allocation_prunes_groups_unevenly(demo, tmp_path):
     model = build("yolov8n-demo", demo)
     config = PruneConfig(ratio=0.3, criterion="l2", allocation="global")
-    _, info = prune(model, config, str(demo[1]), IMGSZ, "cpu", tmp_path)
+    _, info = prune(model, config, evaluator(demo[1], IMGSZ), tmp_path)
     kept = [after / before for before, after in info["steps"][0]["groups"].values()]
     assert max(kept) - min(kept) > 0.2
 
@@ -151,15 +154,14 @@ def test_config_errors_name_the_value_and_the_fix(demo, tmp_path):
     with pytest.raises(ConfigError, match="sparse_epochs"):
         PruneConfig(ratio=0.2, sparse_epochs=2)
     with pytest.raises(ConfigError, match="matches no conv layer"):
-        prune(build("yolov8n-demo", demo), PruneConfig(ratio=0.2, ignore=("model.99.*",)), str(demo[1]), 96, "cpu",
-              tmp_path)
+        prune(build("yolov8n-demo", demo), PruneConfig(ratio=0.2, ignore=("model.99.*",)), evaluator(demo[1], 96), tmp_path)
     assert not PruneConfig().enabled and PruneConfig(flops=0.35).enabled and PruneConfig(depth=1).enabled
 
 
 def test_sensitivity_is_measured_plotted_and_drives_the_allocation(demo, tmp_path):
     model = build("yolov8n-demo", demo)
     config = PruneConfig(ratio=0.3, allocation="sensitivity", sensitivity_images=2)
-    _, info = prune(model, config, str(demo[1]), IMGSZ, "cpu", tmp_path)
+    _, info = prune(model, config, evaluator(demo[1], IMGSZ), tmp_path)
     drops = info["sensitivity"]["map_drop_points"]
     assert len(drops) > 20 and Path(info["sensitivity"]["plot"]).stat().st_size > 0
     kept = {name: after / before for name, (before, after) in info["steps"][0]["groups"].items()}
@@ -169,7 +171,7 @@ def test_sensitivity_is_measured_plotted_and_drives_the_allocation(demo, tmp_pat
 
 def test_latency_aware_pruning_uses_an_openvino_layer_table(demo, tmp_path):
     model = build("yolov8n-demo", demo)
-    _, info = prune(model, PruneConfig(latency=0.2, allocation="global"), str(demo[1]), 160, "cpu", tmp_path)
+    _, info = prune(model, PruneConfig(latency=0.2, allocation="global"), evaluator(demo[1], 160), tmp_path)
     table = info["steps"][0]["table_ms"]
     assert table["before"] > 0 and abs(table["predicted_after"] / table["before"] - 0.8) <= 0.03
     assert info["after"]["gflops"] < info["before"]["gflops"]

@@ -9,11 +9,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import evaluator
 
-from edgecompress.pipeline.prune import PruneConfig, prune
-from edgecompress.pipeline.quantize import QATConfig, QuantConfig, qat, qat_export, qat_train
-from edgecompress.pipeline.yolo import load_model
+from edgecompress.prune.config import PruneConfig
+from edgecompress.prune.pruner import prune
+from edgecompress.quantize.config import QATConfig, QuantConfig
+from edgecompress.quantize.qat import qat, qat_export, qat_train
 from edgecompress.targets import TARGETS, tensorrt_rules
+from edgecompress.yolo.model import load_model
 
 pytest.importorskip("modelopt", reason="QAT needs nvidia-modelopt (the `full` extra)")
 
@@ -37,38 +40,38 @@ def _first_image(data: Path) -> Path:
 
 
 def test_qat_onnx_target_requantizes_trained_weights_in_uint8(demo, tmp_path):
-    artifact, info = qat(load_model(demo[0]), CONFIG, TARGETS["onnx"], str(demo[1]), IMGSZ, "cpu", tmp_path)
+    artifact, info = qat(load_model(demo[0]), CONFIG, TARGETS["onnx"], evaluator(demo[1], IMGSZ), tmp_path)
     graph = _runs_and_predicts(artifact, _first_image(demo[1])).graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
     zero_points = {t.data_type for t in graph.initializer if t.name.endswith("_zero_point")}
     assert onnx.TensorProto.UINT8 in zero_points  # onnxruntime's fast kernels: uint8 activations
     assert info["mode"] == "qat" and info["epochs"] == 1 and info["float_layers"] == []
-    assert info["scheme"]["activations"] == "uint8 asymmetric" and info["ranges"].startswith("recalibrated")
+    assert info["scheme"]["activations"] == "uint8 asymmetric" and info["scheme"]["ranges"].startswith("minmax over")
 
 
 def test_qat_after_pruning_with_distillation_gives_a_tensorrt_valid_jetson_model(demo, tmp_path):
     model = load_model(demo[0])
     widths = sum(p.numel() for p in model.parameters())
-    pruned, _ = prune(model, PruneConfig(flops=0.2), str(demo[1]), IMGSZ, "cpu", tmp_path / "prune")
-    artifact, info = qat(pruned, CONFIG, TARGETS["jetson-orin-nano"], str(demo[1]), IMGSZ, "cpu", tmp_path / "qat")
+    pruned, _ = prune(model, PruneConfig(flops=0.2), evaluator(demo[1], IMGSZ), tmp_path / "prune")
+    artifact, info = qat(pruned, CONFIG, TARGETS["jetson-orin-nano"], evaluator(demo[1], IMGSZ), tmp_path / "qat")
     assert info["epochs_log"][0]["train/dis_loss"] > 0  # distilled from the float model, the default
     model = _runs_and_predicts(artifact, _first_image(demo[1]))
     assert tensorrt_rules.violations(model) == []
     weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
     assert weights < 0.95 * widths  # the pruned widths survived training and export: nothing grew back
-    assert info["ranges"].startswith("recalibrated") and info["head_decode_float"]
+    assert info["quantizer"] == "qdq" and info["head_decode_float"]
 
 
 def test_qat_x86_target_without_distillation_gives_an_openvino_model_by_either_quantizer(demo, tmp_path):
     from ultralytics import YOLO
 
     plain = replace(CONFIG, qat=replace(CONFIG.qat, distill=0.0))
-    trained, trained_info = qat_train(load_model(demo[0]), plain, str(demo[1]), IMGSZ, "cpu", tmp_path / "train")
+    trained, trained_info = qat_train(load_model(demo[0]), plain, evaluator(demo[1], IMGSZ), tmp_path / "train")
     assert "train/dis_loss" not in trained_info["epochs_log"][0]
     # `auto` re-quantizes the trained weights as our QDQ ONNX, which OpenVINO reads; `nncf` has NNCF quantize them
     for quantizer, fmt in (("auto", "QDQ"), ("nncf", "OpenVINO FakeQuantize")):
-        config = replace(plain, openvino_quantizer=quantizer)
-        artifact, info = qat_export(trained, config, TARGETS["x86"], str(demo[1]), IMGSZ, tmp_path / quantizer)
+        config = replace(plain, quantizer=quantizer)
+        artifact, info = qat_export(trained, config, TARGETS["x86"], evaluator(demo[1], IMGSZ), tmp_path / quantizer)
         assert artifact.name.endswith("_openvino_model") and (artifact / "metadata.yaml").is_file()
         assert info["scheme"]["format"] == fmt
         YOLO(str(artifact), task="detect").predict(str(_first_image(demo[1])), imgsz=IMGSZ, device="cpu",

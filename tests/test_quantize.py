@@ -11,18 +11,22 @@ import pytest
 from onnx import numpy_helper
 from tiny_models import branching, detector, ramp_inputs
 
-from edgecompress.calibration import estimate_ranges
+from edgecompress.calibration.ranges import collect, estimate_ranges
 from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
-from edgecompress.pipeline.config import ConfigError, from_dict
-from edgecompress.pipeline.quantize import (Candidate, QuantConfig, Scheme, accuracy_aware, choose_quantizer,
-                                            quantize, quantize_qdq)
+from edgecompress.config import ConfigError, from_dict
+from edgecompress.device.runtime import RUNTIMES
+from edgecompress.quantize.config import QuantConfig
+from edgecompress.quantize.fallback import accuracy_aware
+from edgecompress.quantize.ptq import Candidate, choose_quantizer, quantize
+from edgecompress.quantize.qdq import quantize_qdq
+from edgecompress.quantize.scheme import Scheme
 from edgecompress.targets import TARGETS, tensorrt_rules
-from edgecompress.targets.runtimes import RUNTIMES, convert_onnx
+from edgecompress.targets.openvino import to_ir
 
 DECODE = ["/model.1/Sigmoid", "/model.1/Mul"]
-TENSORRT = Scheme(symmetric_activations=True, per_channel=True, weight_qdq_pair=True)
-ONNXRUNTIME = Scheme(symmetric_activations=False, per_channel=True, weight_qdq_pair=False)
-OPENVINO = Scheme(symmetric_activations=False, per_channel=True, weight_qdq_pair=False, nncf_placement=True)
+TENSORRT = Scheme(symmetric_activations=True, per_channel=True, float_weights=True)
+ONNXRUNTIME = Scheme(symmetric_activations=False, per_channel=True, float_weights=False)
+OPENVINO = Scheme(symmetric_activations=False, per_channel=True, float_weights=False, nncf_placement=True)
 
 
 @pytest.fixture
@@ -31,22 +35,23 @@ def fp32(tmp_path):
 
 
 def qdq(fp32, tmp_path, scheme, exclude=DECODE, name="q.onnx"):
-    ranges = estimate_ranges(fp32, ramp_inputs(), "minmax", tmp_path, symmetric=scheme.symmetric_activations)
+    ranges = estimate_ranges(collect(fp32, ramp_inputs(), histograms=False), "minmax",
+                             symmetric=scheme.symmetric_activations)
     return quantize_qdq(fp32, ranges, tmp_path / name, scheme, exclude)
 
 
 def test_config_from_dict_nested_and_errors_name_the_value():
     config = from_dict(QuantConfig, {"mode": "ptq", "method": "entropy", "qat": {"epochs": 2}}, "quant")
     assert config.enabled and config.method == "entropy" and config.qat.epochs == 2
-    with pytest.raises(ConfigError, match="'entrophy' is not one of .*did you mean 'entropy'"):
+    with pytest.raises(ConfigError, match="unknown calibration method 'entrophy' \\(did you mean 'entropy'"):
         from_dict(QuantConfig, {"method": "entrophy"}, "quant")
     with pytest.raises(ConfigError, match="percentile must be in \\(50, 100\\], got 101"):
         QuantConfig(percentile=101)
     with pytest.raises(ConfigError, match="lr0 .* got 0.5.*write e.g. 0.0001"):
         from_dict(QuantConfig, {"qat": {"lr0": 0.5}}, "quant")
-    assert QuantConfig().openvino_quantizer == "auto"
-    with pytest.raises(ConfigError, match="quantizer 'both' is unknown; write one of auto, nncf, qdq"):
-        QuantConfig(openvino_quantizer="both")
+    assert QuantConfig().quantizer == "auto"
+    with pytest.raises(ConfigError, match="quantizer 'both' is unknown; write auto or one of qdq, nncf"):
+        QuantConfig(quantizer="both")
 
 
 def test_tensorrt_artifact_passes_and_keeps_metadata(fp32, tmp_path):
@@ -130,9 +135,8 @@ def test_qdq_models_run_in_onnxruntime_and_openvino(fp32, tmp_path, scheme):
     quantized = qdq(fp32, tmp_path, scheme)
     x = ramp_inputs()[1]
     expected = RUNTIMES["onnxruntime"].load(fp32).infer(x)[0]
-    ov_dir = tmp_path / "q_openvino_model"
     (tmp_path / "metadata.yaml").write_text("stride: 8\n")
-    convert_onnx("openvino", quantized, ov_dir, tmp_path / "metadata.yaml")
+    ov_dir = to_ir(quantized, tmp_path / "q_openvino_model", tmp_path / "metadata.yaml")
     for runtime, artifact in (("onnxruntime", quantized), ("openvino", ov_dir)):
         got = RUNTIMES[runtime].load(artifact).infer(x)[0]
         # outputs are 640 * sigmoid(...): 8-bit steps of inputs (~3/127) move them by a few pixels at most
@@ -169,20 +173,20 @@ def test_openvino_placement_quantizes_once_per_grid(tmp_path):
     # the tensors the Split and Concat join share one scale and zero point: their widest range
     grid = [(float(inits[quantizers[t].input[1]]), int(inits[quantizers[t].input[2]])) for t in ("b", "f")]
     assert grid[0] == grid[1]
-    ranges = estimate_ranges(fp32, ramp_inputs(), "minmax", tmp_path / "r")
+    ranges = estimate_ranges(collect(fp32, ramp_inputs(), histograms=False), "minmax")
     widest = max(ranges.tensors[t][1] for t in ("b", "s0", "s1", "f", "g", "h"))
     assert grid[0][0] == pytest.approx(widest / 255, rel=1e-6)  # uint8, low 0 (all after Relu)
     x = ramp_inputs()[1]
     expected = RUNTIMES["onnxruntime"].load(fp32).infer(x)[0]
     (tmp_path / "metadata.yaml").write_text("stride: 8\n")
-    convert_onnx("openvino", quantized, tmp_path / "q_openvino_model", tmp_path / "metadata.yaml")
+    to_ir(quantized, tmp_path / "q_openvino_model", tmp_path / "metadata.yaml")
     for runtime, artifact in (("onnxruntime", quantized), ("openvino", tmp_path / "q_openvino_model")):
         got = RUNTIMES[runtime].load(artifact).infer(x)[0]
         assert 0 < np.abs(got - expected).max() < 0.02 * 640, runtime
 
 
 def test_fallback_stops_once_the_budget_holds(fp32, tmp_path):
-    ranges = estimate_ranges(fp32, ramp_inputs(), "minmax", tmp_path)
+    ranges = estimate_ranges(collect(fp32, ramp_inputs(), histograms=False), "minmax")
     # A wide range on the body activation makes its layers the damaging ones, so the fallback has work to do.
     wide = type(ranges)(ranges.method, False, None, ranges.images,
                         {**ranges.tensors, "b": (0.0, ranges.tensors["b"][1] * 40)})
@@ -227,40 +231,41 @@ def test_x86_choice_keeps_the_only_candidate_within_budget_else_the_faster_else_
                                           "(nncf -0.72 points, 20.1 ms; qdq +1.40 points, 25.1 ms)")
     assert choose_quantizer(dict(reversed(raccoon.items())), 0.5)[0] == "qdq"  # not the first, not the faster
     both = {"nncf": Candidate(0.6011, 0.32, True, 30.6), "qdq": Candidate(0.6010, 0.33, True, 39.4)}
-    assert choose_quantizer(both, 0.5) == ("nncf", "nncf: both within the 0.5-point budget; the faster "
+    assert choose_quantizer(both, 0.5) == ("nncf", "nncf: all within the 0.5-point budget; the faster "
                                                    "(nncf -0.32 points, 30.6 ms; qdq -0.33 points, 39.4 ms)")
     slower_nncf = {"nncf": Candidate(0.6011, 0.32, True, 41.0), "qdq": Candidate(0.6010, 0.33, True, 39.4)}
     assert choose_quantizer(slower_nncf, 0.5)[0] == "qdq"
     alike = {"nncf": Candidate(0.6011, 0.32, True, 30.4), "qdq": Candidate(0.6037, 0.07, True, 30.9)}  # 1.6% apart
-    assert choose_quantizer(alike, 0.5) == ("qdq", "qdq: both within the 0.5-point budget and as fast (within 3%); "
+    assert choose_quantizer(alike, 0.5) == ("qdq", "qdq: all within the 0.5-point budget and as fast (within 3%); "
                                                    "the more accurate (nncf -0.32 points, 30.4 ms; qdq -0.07 points, "
                                                    "30.9 ms)")
     assert choose_quantizer({**alike, "qdq": Candidate(0.6037, 0.07, True, 31.4)}, 0.5)[0] == "nncf"  # 3.3% apart
     neither = {"nncf": Candidate(0.40, 4.0, False, 20.0), "qdq": Candidate(0.41, 3.0, False, 25.0)}
     chosen, reason = choose_quantizer(neither, 0.5)
-    assert chosen == "qdq" and "neither within" in reason
+    assert chosen == "qdq" and "none within" in reason
 
 
 def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
     """A real x86 `auto` PTQ of the demo at 96 px: both candidates built, evaluated and timed in OpenVINO."""
-    from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model
-    from edgecompress.targets.runtimes import convert_onnx
+    from conftest import evaluator
+
+    from edgecompress.yolo.model import export_onnx, load_model
 
     checkpoint, data = demo
-    imgsz = 96
+    evaluate = evaluator(data, 96)
 
     def map50_95(artifact):
-        return evaluate(artifact, data, imgsz, "val", 0.001, 0.7, "cpu", tmp_path / "val")["map50_95"]
+        return evaluate(artifact, tmp_path / "val")["map50_95"]
 
     (tmp_path / "export").mkdir()
-    fp32, metadata = export_onnx(load_model(checkpoint), imgsz, tmp_path / "export", "model")
-    convert_onnx("openvino", fp32, tmp_path / "export" / "model_openvino_model", metadata)
-    baseline = map50_95(tmp_path / "export" / "model_openvino_model")
+    fp32 = export_onnx(load_model(checkpoint), 96, tmp_path / "export", "model")
+    ir = TARGETS["x86"].convert(fp32, tmp_path / "export", "model")
+    baseline = map50_95(ir)
     config = QuantConfig(calibration_images=8, max_float_layers=0, max_map_drop=1.0)
-    artifact, info = quantize(fp32, config, TARGETS["x86"], str(data), imgsz, tmp_path / "q", map50_95, baseline)
+    artifact, info = quantize(fp32, ir, config, TARGETS["x86"], evaluate, tmp_path / "q", baseline)
 
-    choice = info["openvino_quantizer"]
-    assert json.loads((tmp_path / "q" / "quantize.json").read_text())["openvino_quantizer"] == choice
+    choice = info["quantizer_choice"]
+    assert json.loads((tmp_path / "q" / "quantize.json").read_text())["quantizer_choice"] == choice
     assert choice["setting"] == "auto" and list(choice["candidates"]) == ["nncf", "qdq"]
     steps = [figures.pop("fallback_steps") for figures in choice["candidates"].values()]
     assert [len(s) for s in steps] == [1, 1]  # max_float_layers 0: one try each
@@ -268,7 +273,7 @@ def test_x86_auto_builds_both_and_keeps_the_better(tmp_path, demo):
     assert all(c.latency_ms > 0 and 0 < c.map50_95 <= 1 for c in candidates.values())
     assert (choice["chosen"], choice["reason"]) == choose_quantizer(candidates, 1.0)
     kept = candidates[choice["chosen"]]
-    assert info["quantizer"] == {"nncf": "nncf", "qdq": "onnxruntime"}[choice["chosen"]]
+    assert info["quantizer"] == choice["chosen"]
     assert (info["int8_map50_95"], info["drop_points"]) == (kept.map50_95, kept.drop_points)
     # the kept candidate is workdir's one artifact: it loads in Ultralytics and scores what it did when chosen
     assert artifact == tmp_path / "q" / "model_int8_openvino_model" and (artifact / "metadata.yaml").is_file()

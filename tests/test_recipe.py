@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecompress.pipeline.config import ConfigError
-from edgecompress.pipeline.recipe import Recipe
+from edgecompress.config import ConfigError
+from edgecompress.recipe import Recipe
 
 
 def test_defaults_round_trip_through_a_dict() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecompress.pipeline.cli import main
-from edgecompress.pipeline.yolo import load_model
+from edgecompress.cli import main
+from edgecompress.yolo.model import load_model
 
 
 class Payload:

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
+from edgecompress.device.tensorrt import load_engine, read_engine, unusable_reason
 from edgecompress.targets import TARGETS
-from edgecompress.targets.tensorrt import load_engine, prepare_jetson, read_engine, unusable_reason
+from edgecompress.targets.tensorrt import prepare_jetson
 
 pytestmark = pytest.mark.skipif(unusable_reason() is not None, reason=str(unusable_reason()))
 
@@ -25,23 +26,27 @@ def test_engines_from_the_qdq_onnx_load_in_ultralytics_and_bench(tmp_path: Path,
     import onnx
     from ultralytics import YOLO
 
-    from edgecompress.pipeline.cli import main
-    from edgecompress.pipeline.quantize import QuantConfig, quantize
-    from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model
+    from conftest import evaluator
+
+    from edgecompress.cli import main
+    from edgecompress.device.runtime import RUNTIMES
+    from edgecompress.quantize.config import QuantConfig
+    from edgecompress.quantize.ptq import quantize
     from edgecompress.targets import tensorrt_rules
-    from edgecompress.targets.runtimes import RUNTIMES
+    from edgecompress.yolo.model import Evaluator, export_onnx, load_model
 
     checkpoint, data = demo
     target = TARGETS["jetson-agx-orin" if Path("/etc/nv_tegra_release").exists() else "jetson-orin-nano"]
+    on_gpu = Evaluator(evaluator(data, IMGSZ).dataset, IMGSZ, device="0")
 
     def map50_95(artifact: Path) -> float:
-        return evaluate(artifact, data, IMGSZ, "val", 0.001, 0.7, "0", tmp_path / "val")["map50_95"]
+        return on_gpu(artifact, tmp_path / "val")["map50_95"]
 
-    fp32, metadata_yaml = export_onnx(load_model(checkpoint), IMGSZ, tmp_path / "export", "model")
-    qdq, _ = quantize(fp32, QuantConfig(mode="ptq", calibration_images=16, max_float_layers=0), target, str(data),
-                      IMGSZ, tmp_path / "quantize", map50_95, map50_95(fp32))
+    fp32 = export_onnx(load_model(checkpoint), IMGSZ, tmp_path / "export", "model")
+    qdq, _ = quantize(fp32, fp32, QuantConfig(mode="ptq", calibration_images=16, max_float_layers=0), target,
+                      on_gpu, tmp_path / "quantize", map50_95(fp32))
     tensorrt_rules.check(onnx.load(str(qdq)))
-    metadata = yaml.safe_load(metadata_yaml.read_text())
+    metadata = yaml.safe_load((fp32.parent / "metadata.yaml").read_text())
 
     info = prepare_jetson(qdq, metadata, target, tmp_path / "jetson")
     folder = tmp_path / "jetson"

@@ -1,41 +1,64 @@
-"""Activation range estimation on an ONNX model: minmax, percentile, entropy (KL) and MSE.
+"""Activation ranges for INT8: what every float tensor of an ONNX model holds over the calibration images
+(`collect`: its min/max and a histogram), and the calibration methods that turn that into a [low, high] range.
 
-The collection (running the model with every intermediate tensor as an output, min/max reductions or
-histograms) and the minmax, percentile and entropy thresholds are onnxruntime's calibrators; MSE is written
-here on top of the same histograms. The result is plain data (tensor name -> [low, high]) that is saved as JSON,
-inspected, cached, and handed to the quantizer separately from calibration, as Optimum does.
+The statistics are collected once, in two passes (min/max, then a histogram over each tensor's full range), and
+every method reads the same statistics, so trying every method costs one collection. A new method is one class
+here and its row. The result is plain data (tensor name -> [low, high]) that is saved, inspected and handed to the
+quantizer separately from calibration, as Optimum does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnxruntime.quantization.calibrate import (
-    CalibraterBase,
-    CalibrationDataReader,
-    CalibrationMethod,
-    HistogramCalibrater,
-    HistogramCollector,
-    TensorData,
-    TensorsData,
-    create_calibrator,
-)
 
-Method = Literal["minmax", "percentile", "entropy", "mse"]
-METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
+from edgecompress.config import Registry
+
+if TYPE_CHECKING:
+    import onnx
+    from onnxruntime.quantization.calibrate import TensorsData
+
 HISTOGRAM_BINS = 2048  # as TensorRT's calibrators
-# onnxruntime's KL search loops in Python over every candidate threshold: at 2048 bins it took over 10 minutes
-# for one YOLO model here, so entropy searches 512 bins (down to TensorRT's 128 quantized bins).
+# The KL search loops in Python over every candidate threshold: it runs on the histogram merged to 512 bins (down to
+# TensorRT's 128 quantized bins); at 2048 bins it took over 10 minutes for one YOLO model.
 ENTROPY_BINS = 512
 QUANTIZED_BINS = 128
-CHUNK = 8  # images per collection pass: onnxruntime keeps every intermediate tensor of a pass in memory
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """One tensor over the calibration images: its extremes, and a histogram of HISTOGRAM_BINS bins over
+    [-top, top] (top = the largest magnitude), or None when only the extremes were collected."""
+
+    low: float
+    high: float
+    hist: np.ndarray | None
+
+    @property
+    def top(self) -> float:
+        return max(abs(self.low), abs(self.high)) or 1.0
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(-self.top, self.top, HISTOGRAM_BINS + 1)
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """The statistics of every calibrated tensor of one model, over `images` inputs."""
+
+    images: int
+    tensors: dict[str, TensorStats]
+
+    @property
+    def histograms(self) -> bool:
+        return all(s.hist is not None for s in self.tensors.values())
 
 
 @dataclass(frozen=True)
@@ -72,97 +95,148 @@ class Ranges:
 
     def tensors_data(self) -> TensorsData:
         """The ranges in the form onnxruntime's quantizers take."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
         return TensorsData(CalibrationMethod.MinMax, {
             name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
             for name, (lo, hi) in self.tensors.items()
         })
 
 
-class _Reader(CalibrationDataReader):
-    def __init__(self, input_name: str, inputs: Iterable[np.ndarray]):
-        self._feeds = ({input_name: x} for x in inputs)
+class Method:
+    """A calibration method: one tensor's range from its statistics. `histogram`: it needs the histogram pass."""
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
+    histogram = True
+
+    def range(self, stats: TensorStats, symmetric: bool, percentile: float) -> tuple[float, float]:
+        raise NotImplementedError
 
 
-def estimate_ranges(model: Path, inputs: Collection[np.ndarray], method: Method, workdir: Path,
-                    symmetric: bool = False, percentile: float = 99.999) -> Ranges:
-    """Run `model` on `inputs` (preprocessed batches, iterated twice by the histogram methods) and estimate every
-    float tensor's range with `method`.
+METHODS: Registry[Method] = Registry("calibration method")
 
-    `symmetric` gives ranges centred on 0 (low = -high), as a symmetric INT8 scheme uses them.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    augmented = str(workdir / f"augmented_{method}.onnx")
-    if method == "mse":
-        # onnxruntime's entropy collection: a signed histogram of HISTOGRAM_BINS bins over [-|max|, |max|].
-        calibrator: CalibraterBase = HistogramCalibrater(str(model), augmented_model_path=augmented,
-                                                         method="entropy", num_bins=HISTOGRAM_BINS)
-        calibrator.augment_graph()
-        calibrator.create_inference_session()
-    else:
-        options = {"symmetric": symmetric, "percentile": percentile,
-                   "num_bins": ENTROPY_BINS if method == "entropy" else HISTOGRAM_BINS,
-                   "num_quantized_bins": QUANTIZED_BINS}
-        kind = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy}[method]
-        calibrator = create_calibrator(str(model), augmented_model_path=augmented, calibrate_method=kind,
-                                       extra_options=options)
-    input_name = onnx.load(str(model), load_external_data=False).graph.input[0].name
-    if method != "minmax":
-        extremes = estimate_ranges(model, inputs, "minmax", workdir)
-        calibrator.collector = _seeded_collector(calibrator, extremes, absolute=method == "percentile" and symmetric)
+
+@METHODS.register("minmax")
+class MinMax(Method):
+    """The observed extremes: nothing clipped, so one outlier stretches the grid."""
+
+    histogram = False
+
+    def range(self, stats: TensorStats, symmetric: bool, percentile: float) -> tuple[float, float]:
+        return stats.low, stats.high
+
+
+@METHODS.register("percentile")
+class Percentile(Method):
+    """Clip the rarest values: keep `percentile` percent of |x| (symmetric), or cut (100 - percentile) / 2 percent
+    from each tail (asymmetric), as onnxruntime's percentile calibrator does."""
+
+    def range(self, stats: TensorStats, symmetric: bool, percentile: float) -> tuple[float, float]:
+        hist, edges = stats.hist, stats.edges
+        if symmetric:
+            half = HISTOGRAM_BINS // 2
+            magnitude = hist[half:] + hist[:half][::-1]  # |x| in HISTOGRAM_BINS / 2 bins over [0, top]
+            cdf = np.cumsum(magnitude) / max(magnitude.sum(), 1)
+            top = float(edges[half + min(np.searchsorted(cdf, percentile / 100.0) + 1, half)])
+            return max(stats.low, -top), min(stats.high, top)
+        cdf = np.cumsum(hist) / max(hist.sum(), 1)
+        cut = (100.0 - percentile) / 200.0
+        low = float(edges[np.searchsorted(cdf, cut)])
+        high = float(edges[min(np.searchsorted(cdf, 1.0 - cut) + 1, HISTOGRAM_BINS)])
+        return max(stats.low, low), min(stats.high, high)
+
+
+@METHODS.register("entropy")
+class Entropy(Method):
+    """TensorRT's KL-divergence calibration: the symmetric clip whose 128-level quantization keeps the
+    distribution closest to the original (onnxruntime's search, on the histogram merged to ENTROPY_BINS bins)."""
+
+    def range(self, stats: TensorStats, symmetric: bool, percentile: float) -> tuple[float, float]:
+        from onnxruntime.quantization.calibrate import HistogramCollector
+
+        merged = stats.hist.reshape(ENTROPY_BINS, -1).sum(1)
+        edges = np.linspace(-stats.top, stats.top, ENTROPY_BINS + 1, dtype=np.float32)
+        search = HistogramCollector("entropy", symmetric, ENTROPY_BINS, QUANTIZED_BINS, percentile, "same")
+        low, high = search.get_entropy_threshold((merged, edges, np.float32(stats.low), np.float32(stats.high)),
+                                                 QUANTIZED_BINS)
+        return float(low), float(high)
+
+
+@METHODS.register("mse")
+class MSE(Method):
+    """The clip whose INT8 quantization has the least mean squared error over the histogram (`mse_range`)."""
+
+    def range(self, stats: TensorStats, symmetric: bool, percentile: float) -> tuple[float, float]:
+        return mse_range(stats.hist, stats.edges, stats.low, stats.high, symmetric)
+
+
+def collect(model: Path, inputs: Collection[np.ndarray], histograms: bool = True) -> Statistics:
+    """The statistics of every float tensor of `model` over `inputs` (preprocessed batches; iterated twice when
+    `histograms`): one pass for the extremes, a second for histograms over [-top, top]."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(model)))
+    names = calibrated_tensors(proto)
+    outputs = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in names if n not in outputs)
+    options = ort.SessionOptions()
+    # as onnxruntime's calibrators: the graph as exported, unfused, so values are the ones the quantizer sees
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    wanted = [n for n in names if n != input_name]
+
+    def values() -> Iterable[dict[str, np.ndarray]]:
+        for x in inputs:
+            yield dict(zip(wanted, session.run(wanted, {input_name: x}))) | {input_name: x}
+
+    low = dict.fromkeys(names, np.inf)
+    high = dict.fromkeys(names, -np.inf)
     images = 0
-    for chunk in _chunks(inputs, CHUNK):
-        images += len(chunk)
-        calibrator.collect_data(_Reader(input_name, chunk))
-    if method == "mse":
-        tensors = {name: mse_range(hist, edges, np.asarray(lo).item(), np.asarray(hi).item(), symmetric)
-                   for name, (hist, edges, lo, hi, _) in calibrator.collector.histogram_dict.items()}
-    else:
-        tensors = {name: (np.asarray(td.range_value[0]).item(), np.asarray(td.range_value[1]).item())
-                   for name, td in calibrator.compute_data().items()}
-    Path(augmented).unlink(missing_ok=True)
+    for tensors in values():
+        images += 1
+        for name, value in tensors.items():
+            low[name] = min(low[name], float(value.min()))
+            high[name] = max(high[name], float(value.max()))
+    stats = {n: TensorStats(low[n], high[n], None) for n in names}
+    if histograms:
+        hists = {n: np.zeros(HISTOGRAM_BINS, np.int64) for n in names}
+        for tensors in values():
+            for name, value in tensors.items():
+                hists[name] += np.histogram(value, bins=HISTOGRAM_BINS, range=(-stats[name].top, stats[name].top))[0]
+        stats = {n: dataclasses.replace(s, hist=hists[n]) for n, s in stats.items()}
+    return Statistics(images, stats)
+
+
+def calibrated_tensors(model: onnx.ModelProto) -> list[str]:
+    """The float tensors that node inputs and outputs carry, weights excluded: what onnxruntime's calibrators and
+    quantizers give a range to (the model must have been through shape inference)."""
+    import onnx
+
+    infos = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    weights = {init.name for init in model.graph.initializer}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    found: dict[str, None] = {}
+    for node in model.graph.node:
+        for name in [*node.input, *node.output]:
+            info = infos.get(name)
+            if info is not None and name not in weights and info.type.HasField("tensor_type") \
+                    and info.type.tensor_type.elem_type in floats:
+                found[name] = None
+    return list(found)
+
+
+def estimate_ranges(stats: Statistics, method: str, symmetric: bool = False, percentile: float = 99.999) -> Ranges:
+    """Every tensor's range by `method`; `symmetric` gives ranges centred on 0 (low = -high), as a symmetric INT8
+    scheme uses them."""
+    chosen = METHODS[method]
+    if chosen.histogram and not stats.histograms:
+        raise ValueError(f"calibration method {method!r} needs the statistics' histograms; collect them")
+    tensors = {name: chosen.range(s, symmetric, percentile) for name, s in stats.tensors.items()}
     if symmetric:
         tensors = {k: (-max(abs(lo), abs(hi)), max(abs(lo), abs(hi))) for k, (lo, hi) in tensors.items()}
-    return Ranges(method, symmetric, percentile if method == "percentile" else None, images, tensors)
-
-
-def _seeded_collector(calibrator: CalibraterBase, extremes: Ranges, absolute: bool) -> HistogramCollector:
-    """onnxruntime's histogram collector, its histograms laid out once over each tensor's full range.
-
-    Left alone, the collector sizes a histogram on the first chunk and, when a later chunk goes wider, adds bins
-    of the first width: the bin count grows without bound (a 100x outlier made 100,000 bins and the entropy
-    search never ended). A first min/max pass fixes the range, so every tensor keeps its configured bins.
-    """
-    collector = HistogramCollector(calibrator.method, calibrator.symmetric, calibrator.num_bins,
-                                   calibrator.num_quantized_bins, calibrator.percentile, calibrator.scenario)
-    for name, (lo, hi) in extremes.tensors.items():
-        top = np.float32(max(abs(lo), abs(hi)) or 1.0)
-        empty = np.zeros(calibrator.num_bins, np.int64)
-        # seeded min/max start inverted so the first real values replace them
-        start = (np.float32(np.inf), np.float32(-np.inf))
-        if absolute:
-            collector.histogram_dict[name] = (empty, np.linspace(0, top, calibrator.num_bins + 1, dtype=np.float32),
-                                              *start)
-        else:
-            collector.histogram_dict[name] = (empty, np.linspace(-top, top, calibrator.num_bins + 1,
-                                                                 dtype=np.float32), *start, top)
-    return collector
-
-
-def _chunks(inputs: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    chunk: list[np.ndarray] = []
-    for x in inputs:
-        chunk.append(x)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    return Ranges(method, symmetric, percentile if method == "percentile" else None, stats.images, tensors)
 
 
 def quant_params(low: float, high: float, symmetric: bool, bits: int = 8) -> tuple[float, int]:

@@ -1,1 +1,2 @@
-"""The compression pipeline: recipe, stages, runner, report and CLI."""
+"""The flow: the stage interface and the stages, the runner (plan -> cache -> measure -> report -> gates), the
+cache and output folder, the report, and the merge of reports and on-device benchmarks."""

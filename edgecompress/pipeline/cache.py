@@ -7,7 +7,7 @@ folder that the next run (holding the output folder's lock) deletes.
 
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import os
 import shutil
@@ -17,27 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecompress.errors import UserError
+from edgecompress.files import write_atomic
+
 DONE = "done.json"
-
-
-def digest(parts: Any) -> str:
-    """A stable hash of JSON-able parts (dict order does not matter)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file under a temporary name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+MARKER = ".edgecompress-run.json"
+LOCK = ".edgecompress.lock"
 
 
 @dataclass(frozen=True)
@@ -66,13 +51,12 @@ class Cache:
             shutil.rmtree(p, ignore_errors=True)
         return [p.name for p in stale]
 
-    def stage(self, name: str, parts: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Entry:
-        """The finished stage for (name, parts): reused when present, else built by `build(folder)`.
+    def stage(self, name: str, key: str, build: Callable[[Path], dict[str, Any]]) -> Entry:
+        """The finished stage `name` of this key: reused when present, else built by `build(folder)`.
 
         `build` writes its files into the folder it is given and returns a JSON-able info dict whose file
         references are relative to that folder.
         """
-        key = digest({"stage": name, **parts})
         final = self.root / f"{name}-{key[:12]}"
         done = final / DONE
         if done.is_file():
@@ -84,9 +68,54 @@ class Cache:
         start = time.perf_counter()
         info = build(tmp)
         seconds = round(time.perf_counter() - start, 2)
-        write_atomic(tmp / DONE, json.dumps({"stage": name, "key": key, "parts": parts, "info": info,
+        write_atomic(tmp / DONE, json.dumps({"stage": name, "key": key, "info": info,
                                              "seconds": seconds}, indent=2, default=str))
         if final.exists():  # a folder without done.json is not a finished stage
             shutil.rmtree(final)
         os.rename(tmp, final)
         return Entry(name, key, final, info, reused=False, seconds=seconds)
+
+
+class OutputFolder:
+    """The run's output folder: checked writable and ours, locked against a second concurrent run.
+
+    The lock is an flock, which the OS releases when its holder dies, so a killed run's lock is stale at once
+    and the next run takes it over; the pid in the file only serves the messages.
+    """
+
+    def __init__(self, path: Path, model: Path, log: Callable[[str], None]) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"output folder {path} is not writable ({e.strerror}); choose another with --out") from None
+        marker = path / MARKER
+        if marker.is_file():
+            owner = json.loads(marker.read_text()).get("model")
+            if owner != str(model):
+                raise UserError(f"output folder {path} holds the run of another checkpoint ({owner}); "
+                                f"choose a new --out or delete that folder")
+        elif any(p.name != LOCK for p in path.iterdir()):
+            raise UserError(f"output folder {path} already holds files that are not an edgecompress run; "
+                            f"choose an empty or new folder with --out")
+        self._lock = open(path / LOCK, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the OS if this process dies
+        except BlockingIOError:
+            self._lock.seek(0)
+            raise UserError(f"another compress run (pid {self._lock.read().strip() or '?'}) is using {path}; "
+                            f"wait for it to finish or choose another --out") from None
+        self._lock.seek(0)
+        if previous := self._lock.read().strip():
+            log(f"took over the lock left by an ended run (pid {previous})")
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        write_atomic(marker, json.dumps({"model": str(model)}))
+
+    def release(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()

@@ -24,17 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress import __version__
-from edgecompress.bench import host_info
-from edgecompress.pipeline.cache import write_atomic
-from edgecompress.pipeline.recipe import Recipe
+from edgecompress.device.host import host_info
+from edgecompress.files import write_atomic
+from edgecompress.plots import pyplot, save
+from edgecompress.recipe import Recipe
 from edgecompress.targets import Target
 
 SCHEMA = "edgecompress.report/1"
 
 
-def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str, data: dict[str, Any],
+def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str, dataset: Any,
           described: dict[str, Any], stages: list[dict[str, Any]], final: Path, notes: list[str]) -> dict[str, Any]:
-    """Assemble the report and judge the gates against the final stage."""
+    """Assemble the report and judge the gates against the final stage (`dataset`: edgecompress.yolo.data.Dataset;
+    `described`: the checkpoint's architecture, classes, parameters, GFLOPs and stride)."""
     baseline, last = stages[0], stages[-1]
     drop = round((baseline["accuracy"]["map50_95"] - last["accuracy"]["map50_95"]) * 100, 3)
     gates = []
@@ -48,9 +50,9 @@ def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str,
     return {
         "schema": SCHEMA,
         "edgecompress": __version__,
-        "model": {"path": str(checkpoint), "sha256": checkpoint_sha, "names": list(data["names"].values()),
+        "model": {"path": str(checkpoint), "sha256": checkpoint_sha, "names": list(dataset.names.values()),
                   **described},
-        "data": {"path": str(data["yaml_file"]), "split": recipe.eval.split,
+        "data": {"path": str(dataset.yaml), "split": recipe.eval.split,
                  "images": baseline["accuracy"]["images"]},
         "target": {"name": target.name, "runtime": target.runtime, "description": target.description},
         "host": host_info(),
@@ -71,11 +73,7 @@ def write(report: dict[str, Any], out: Path) -> None:
 
 
 def plot(stages: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for i, s in enumerate(stages):
         x, y = s["benchmark"]["inference"]["p50_ms"], s["accuracy"]["map50_95"]
@@ -91,11 +89,7 @@ def plot(stages: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("accuracy against latency, per stage")
     ax.grid(alpha=0.3)
     ax.margins(x=0.25)
-    fig.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save(fig, path, dpi=110)
 
 
 def precision(stage: dict[str, Any]) -> str:
@@ -118,12 +112,12 @@ def stage_details(stage: dict[str, Any]) -> list[str]:
                 f"in float"]
     if info.get("mode") == "ptq":
         floats = ", ".join(f"`{layer['node']}`" for layer in info["float_layers"]) or "none"
-        return [f"- **{name}**: {info['quantizer']} PTQ, {info['method']} ranges from {info['calibration_images']} "
-                f"images, activations {info['scheme']['activations']}, weights {info['scheme']['weights']}; "
+        return [f"- **{name}**: {info['quantizer']} PTQ, ranges {info['scheme']['ranges']}, activations "
+                f"{info['scheme']['activations']}, weights {info['scheme']['weights']}; "
                 f"{-info['drop_points']:+.2f} mAP50-95 points against FP32 in this runtime (budget "
                 f"-{info['budget_points']}); "
                 f"head decode in float; layers kept in float by the fallback: {floats}"
-                + (f"; x86 quantizer {c['reason']}" if (c := info.get("openvino_quantizer")) else "")]
+                + (f"; quantizer {c['reason']}" if (c := info.get("quantizer_choice")) else "")]
     if "epochs_log" in info:
         return [f"- **{name}**: {info['config']['epochs']} epochs in {info['seconds']:.0f} s"]
     if "trtexec" in info:

@@ -1,62 +1,101 @@
-"""TensorRT for the Jetson targets: build engines from a QDQ ONNX, and run them, with only `tensorrt`, numpy and
-the CUDA runtime library (reached through ctypes, so a device needs neither torch nor pycuda).
+"""NVIDIA Jetson boards with TensorRT: the bundle a device builds its engine from (the QDQ ONNX checked against
+TensorRT's rules, its metadata and the `trtexec` command), and the engines themselves where TensorRT runs here.
 
-Every build writes the equivalent `trtexec` command beside the ONNX, so a host without TensorRT still hands over
-everything the device needs: the validated QDQ ONNX, its metadata and the command that builds the engine there.
-
-Engines come in two forms: `.engine` carries Ultralytics' metadata header (a 4-byte little-endian length, the JSON
-metadata, then the serialized engine; `ultralytics.YOLO(path)` loads it), `.plan` is the bare engine that trtexec
-and DeepStream read.
+Running engines is the device's (edgecompress.device.tensorrt); this module builds them.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+import yaml
 
 from edgecompress import __version__
+from edgecompress.device.tensorrt import unusable_reason, write_engine
 from edgecompress.errors import UserError
-from edgecompress.targets import Target, get_target
-from edgecompress.targets.runtimes import RUNTIMES, Session
+from edgecompress.targets.base import Int8Rules, Target
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgecompress.pipeline.stage import Artifact, Stage
+    from edgecompress.recipe import Recipe
 
 TIMING_CACHE = "timing.cache"
 TRTEXEC_SCRIPT = "trtexec.sh"
 METADATA = "metadata.json"
 _NO_ENGINE = "the engine is built on the device: copy this folder there and run trtexec.sh, or " \
              "`python3 -m edgecompress.targets.tensorrt FOLDER --target NAME` for the .engine with metadata"
+# TensorRT explicit quantization accepts only symmetric int8 (zero point 0), per-channel weights, opset >= 13, and
+# float weights behind their Q/DQ pair.
+TRT_INT8 = Int8Rules(("qdq",), "int8", symmetric_activations=True, float_weights=True, strict=True)
 
 
-@functools.cache
-def unusable_reason() -> str | None:
-    """Why TensorRT cannot build or run engines here, or None when it can. Detected once per process: importing
-    is not enough (the package imports on machines without an NVIDIA driver), a builder must also be created."""
-    install = RUNTIMES["tensorrt"].install
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as e:  # OSError: the package is there but libnvinfer is not
-        return f"TensorRT is not usable here: `import tensorrt` fails ({e}); {install}"
-    try:
-        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
-    except Exception as e:  # the bindings raise TypeError/RuntimeError when no CUDA device or driver answers
-        builder, error = None, f"{type(e).__name__}: {e}"
-    else:
-        error = "the builder is None"
-    if builder is None:
-        return (f"TensorRT {trt.__version__} imports but cannot create a builder ({error}): "
-                f"this host has no usable NVIDIA GPU and driver")
-    return None
+@dataclass(frozen=True)
+class JetsonTarget(Target):
+    """A Jetson board. Tensor Cores take channels in multiples of 8: TensorRT pads any other width, so pruning to it
+    buys nothing. Layers TensorRT cannot run in INT8 (and the head's decode, kept float on purpose) run in FP16."""
+
+    fp16_fallback: bool = True  # layers kept out of INT8 run in FP16 (True) or FP32 (False)
+    dla_cores: int = 0  # NVIDIA Deep Learning Accelerator cores on the board; an engine is built for core 0
+    workspace_mib: int = 0  # TensorRT builder's workspace limit; 0 = TensorRT's default (all free memory)
+
+    def unusable(self) -> str | None:
+        from edgecompress.device.runtime import RUNTIMES
+
+        # the bundle is prepared anywhere (its engine is built where TensorRT runs); its QDQ ONNX is measured in
+        # onnxruntime on the CPU, the accuracy proxy for the engine
+        return RUNTIMES["onnxruntime"].unusable()
+
+    def preset(self, recipe: Recipe) -> Recipe:
+        recipe = super().preset(recipe)
+        if not recipe.quant.enabled:
+            raise UserError(f"target '{self.name}' engines are built from the INT8 QDQ ONNX; use --quant ptq "
+                            f"(FP16-only engines are not available yet)")
+        return recipe
+
+    def deploy(self, recipe: Recipe) -> list[Stage]:
+        from edgecompress.pipeline import stages
+
+        return [*super().deploy(recipe), stages.Bundle(self)]
+
+    @property
+    def int8_runtime(self) -> str:
+        return "onnxruntime"
+
+    @property
+    def int8_name(self) -> str:
+        return "tensorrt-qdq-int8"
+
+    def check_int8(self, model: onnx.ModelProto) -> None:
+        from edgecompress.targets import tensorrt_rules
+
+        tensorrt_rules.check(model)
+
+    def bundle(self, qdq: Artifact, folder: Path) -> dict[str, Any]:
+        metadata = yaml.safe_load((qdq.sources["onnx"].parent / "metadata.yaml").read_text())
+        return prepare_jetson(qdq.path, metadata, self, folder)
 
 
-def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: Target, folder: Path,
+def _jetson(name: str, board: str, dla_cores: int, workspace_mib: int) -> JetsonTarget:
+    return JetsonTarget(name, f"NVIDIA Jetson {board} with TensorRT", "tensorrt", ("int8", "fp16", "fp32"), TRT_INT8,
+                        channel_multiple=8, dla_cores=dla_cores, workspace_mib=workspace_mib)
+
+
+# Workspace: the boards share their memory (8 / 16 / 32-64 GB) with the CPU; leave most to the application.
+ORIN_NANO = _jetson("jetson-orin-nano", "Orin Nano (no DLA)", dla_cores=0, workspace_mib=1024)
+ORIN_NX = _jetson("jetson-orin-nx", "Orin NX (16 GB: 2 DLA cores; the 8 GB module has 1)", dla_cores=2,
+                  workspace_mib=2048)
+AGX_ORIN = _jetson("jetson-agx-orin", "AGX Orin (2 DLA cores)", dla_cores=2, workspace_mib=4096)
+
+
+def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: JetsonTarget, folder: Path,
                    timing_cache: Path | None = None) -> dict[str, Any]:
     """Make `folder` the bundle a Jetson needs: the QDQ ONNX, its Ultralytics metadata, the trtexec command, and,
     where TensorRT is usable here, the engines (GPU, plus DLA core 0 on boards with DLA) in both forms.
@@ -82,12 +121,12 @@ def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: Target, fo
     return info
 
 
-def _builds(target: Target) -> list[tuple[str, int | None]]:
+def _builds(target: JetsonTarget) -> list[tuple[str, int | None]]:
     """(file stem, DLA core) of each engine to build: the GPU, and DLA core 0 where the board has one."""
     return [("model", None)] + ([("model.dla0", 0)] if target.dla_cores else [])
 
 
-def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target: Target, cache_name: str) -> str:
+def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target: JetsonTarget, cache_name: str) -> str:
     """A shell script with the trtexec command for each engine, the same settings build_engine uses."""
     lines = [
         "#!/bin/sh",
@@ -111,7 +150,7 @@ def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target:
     return "\n".join(lines) + "\n"
 
 
-def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None, target: Target,
+def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None, target: JetsonTarget,
                  metadata: dict[str, Any], timing_cache: Path) -> dict[str, Any]:
     """Build one engine from a QDQ ONNX: INT8 where the graph has Q/DQ, the other layers in FP16 (or FP32 where
     the target has no FP16 fallback), within the target's workspace, reusing and updating the timing cache."""
@@ -157,126 +196,6 @@ def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None,
             "file_mb": round(len(plan_bytes) / 2**20, 3)}
 
 
-def write_engine(path: Path, plan: bytes, metadata: dict[str, Any]) -> None:
-    """An engine with Ultralytics' header: 4-byte little-endian signed length, JSON metadata, then the engine."""
-    meta = json.dumps(metadata).encode()
-    path.write_bytes(len(meta).to_bytes(4, byteorder="little", signed=True) + meta + plan)
-
-
-def read_engine(path: Path) -> tuple[dict[str, Any], bytes]:
-    """The metadata header ({} for a bare plan) and the serialized engine of an engine file."""
-    data = Path(path).read_bytes()
-    n = int.from_bytes(data[:4], byteorder="little")
-    if 0 < n <= len(data) - 4:  # as Ultralytics reads it: a length that fits and JSON that parses is a header
-        try:
-            return json.loads(data[4:4 + n]), data[4 + n:]
-        except ValueError:  # (UnicodeDecodeError is one) engine bytes are not JSON
-            pass
-    return {}, data
-
-
-class _CudaRuntime:
-    """The few CUDA runtime calls running an engine needs, through ctypes on libcudart (present wherever TensorRT
-    runs), so a device needs no pycuda, cuda-python or torch."""
-
-    HOST_TO_DEVICE, DEVICE_TO_HOST = 1, 2  # cudaMemcpyKind
-
-    def __init__(self) -> None:
-        self.lib = ctypes.CDLL(_find_cudart())
-        self.stream = ctypes.c_void_p()
-        self.call("cudaStreamCreate", ctypes.byref(self.stream))
-
-    def call(self, name: str, *args: Any) -> None:
-        status = getattr(self.lib, name)(*args)
-        if status:
-            raise RuntimeError(f"CUDA {name} failed with error {status}")
-
-    def malloc(self, nbytes: int) -> int:
-        pointer = ctypes.c_void_p()
-        self.call("cudaMalloc", ctypes.byref(pointer), ctypes.c_size_t(max(nbytes, 1)))
-        return int(pointer.value or 0)
-
-    def copy(self, dst: int, src: int, nbytes: int, kind: int) -> None:
-        self.call("cudaMemcpyAsync", ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes),
-                  ctypes.c_int(kind), self.stream)
-
-    def synchronize(self) -> None:
-        self.call("cudaStreamSynchronize", self.stream)
-
-    def used_mb(self) -> float:
-        """Device memory in use (all processes; on a Jetson the GPU shares system memory, so the system's)."""
-        free, total = ctypes.c_size_t(), ctypes.c_size_t()
-        self.call("cudaMemGetInfo", ctypes.byref(free), ctypes.byref(total))
-        return (total.value - free.value) / 2**20
-
-
-def _find_cudart() -> str:
-    found = ctypes.util.find_library("cudart")
-    candidates = [found] if found else []
-    for root in (Path("/usr/local/cuda/lib64"), Path("/usr/local/cuda/targets/aarch64-linux/lib"),
-                 *(Path(p) / "nvidia" / "cuda_runtime" / "lib" for p in sys.path)):  # pip's nvidia-cuda-runtime
-        candidates += sorted(str(p) for p in root.glob("libcudart.so*")) if root.is_dir() else []
-    if not candidates:
-        raise UserError("libcudart (the CUDA runtime) is not found; on a Jetson install JetPack's CUDA "
-                        "(sudo apt install nvidia-jetpack), elsewhere pip install nvidia-cuda-runtime-cu12")
-    return candidates[0]
-
-
-def load_engine(path: Path) -> Session:
-    """Load an engine (either form) to run batches of numpy input; outputs come back in the engine's I/O order."""
-    import tensorrt as trt
-
-    if reason := unusable_reason():
-        raise UserError(reason)
-    cuda = _CudaRuntime()
-    baseline_mb = cuda.used_mb()  # after the CUDA context, before the engine: what the engine itself takes
-    metadata, plan = read_engine(path)
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    if metadata.get("dla") is not None:
-        runtime.DLA_core = int(metadata["dla"])
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise UserError(f"{path} is not an engine TensorRT {trt.__version__} on this device can load; engines "
-                        f"are tied to the TensorRT version and GPU that built them: rebuild it here")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    if len(inputs) != 1:
-        raise UserError(f"{path} has {len(inputs)} inputs {inputs}; a YOLO detector engine has one")
-    (name_in,) = inputs
-    name_out = [n for n in names if n != name_in]
-    dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
-    buffers: dict[str, tuple[int, np.ndarray]] = {}  # name -> (device pointer, host array), for the current shape
-
-    def bind(shape: tuple[int, ...]) -> None:
-        """(Re)allocate every binding for an input shape; an engine built static binds once."""
-        for pointer, _ in buffers.values():
-            cuda.call("cudaFree", ctypes.c_void_p(pointer))
-        buffers.clear()
-        if not context.set_input_shape(name_in, shape):
-            raise ValueError(f"input shape {shape} is outside the engine's optimization profile")
-        for n in names:
-            host = np.empty(tuple(context.get_tensor_shape(n)), dtypes[n])
-            buffers[n] = (cuda.malloc(host.nbytes), host)
-            context.set_tensor_address(n, buffers[n][0])
-
-    def infer(x: np.ndarray) -> list[np.ndarray]:
-        x = np.ascontiguousarray(x, dtype=dtypes[name_in])  # an FP16-input engine takes half floats
-        if name_in not in buffers or buffers[name_in][1].shape != x.shape:
-            bind(x.shape)
-        cuda.copy(buffers[name_in][0], x.ctypes.data, x.nbytes, cuda.HOST_TO_DEVICE)
-        if not context.execute_async_v3(cuda.stream.value):
-            raise RuntimeError(f"TensorRT failed to run {path}")
-        for n in name_out:
-            pointer, host = buffers[n]
-            cuda.copy(host.ctypes.data, pointer, host.nbytes, cuda.DEVICE_TO_HOST)
-        cuda.synchronize()
-        return [buffers[n][1].copy() for n in name_out]
-
-    shape = tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name_in))
-    return Session(infer, shape, lambda: cuda.used_mb() - baseline_mb)
-
-
 def main(argv: list[str]) -> int:
     """`python -m edgecompress.targets.tensorrt FOLDER_OR_ONNX --target NAME`: build the engines on the device, from
     the folder the pipeline wrote (its QDQ ONNX and metadata.json) or from one ONNX."""
@@ -289,6 +208,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--target", default="jetson", help="jetson-orin-nano (= jetson), jetson-orin-nx, jetson-agx-orin")
     args = p.parse_args(argv)
     try:
+        from edgecompress.targets import get_target
+
         target = get_target(args.target)
         folder = args.source if args.source.is_dir() else args.source.parent
         onnx_files = [args.source] if args.source.is_file() else sorted(folder.glob("*.onnx"))

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.bench import SCHEMA as BENCH_SCHEMA
-from edgecompress.bench import artifact_digest, device_name
+from edgecompress.device.bench import SCHEMA as BENCH_SCHEMA
+from edgecompress.device.bench import artifact_digest
+from edgecompress.device.host import device_name
 from edgecompress.errors import UserError
-from edgecompress.pipeline.cache import write_atomic
+from edgecompress.files import write_atomic
 from edgecompress.pipeline.report import SCHEMA as RUN_SCHEMA
+from edgecompress.plots import pyplot, save
 
 ACCURACY_PLOT = "accuracy_latency.png"
 STAGES_PLOT = "stages.png"
@@ -169,20 +171,11 @@ def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy(table: list[Row], path: Path) -> None:
     """mAP50-95 against inference p50, one colour per source, one marker per precision."""
     from matplotlib.lines import Line2D
 
-    plt = _pyplot()
+    plt = pyplot()
     measured = [r for r in table if r.map50_95 is not None]
     sources = sorted({r.source for r in table})
     markers = {"fp32": "o", "fp16": "s", "int8": "D"}
@@ -216,7 +209,7 @@ def plot_accuracy(table: list[Row], path: Path) -> None:
     ax.set_title("Accuracy against latency, per stage and device")
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.2)
-    _save(fig, path, plt)
+    save(fig, path)
 
 
 def _spread(x: float, other: float, log: bool) -> float:
@@ -230,7 +223,7 @@ def _device_of(table: list[Row], source: str) -> str:
 
 def plot_stages(table: list[Row], path: Path) -> None:
     """Horizontal bars: file size per artifact (left) and inference p50 per stage and source (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     sources = sorted({r.source for r in table})
     ordered = sorted(table, key=lambda r: (r.kind == "bench", r.source, r.stage))  # runs first: they name stages
     artifacts: dict[str, Row] = {}
@@ -245,7 +238,7 @@ def plot_stages(table: list[Row], path: Path) -> None:
     _bars(right, [f"{r.name} ({r.device})" for r in ordered], [r.inference["p50_ms"] for r in ordered],
           [f"C{sources.index(r.source)}" for r in ordered], "inference latency p50 (ms, batch 1)",
           "Latency per stage and device")
-    _save(fig, path, plt)
+    save(fig, path)
 
 
 def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str], xlabel: str, title: str) -> None:
@@ -258,11 +251,3 @@ def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str], xl
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     ax.margins(x=0.15)
-
-
-def _save(fig: Any, path: Path, plt: Any) -> None:
-    fig.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)

@@ -1,7 +1,8 @@
 """The recipe: every setting of a run, as frozen dataclasses loadable from YAML and validated on construction.
 
 The CLI flags are a shorthand for a recipe; a recipe file is what a CI release build commits. Section
-configs for pruning, fine-tuning and quantization live beside the stage that uses them.
+configs for pruning, fine-tuning and quantization live beside the code that uses them, in light modules: validating
+a recipe imports no torch, Ultralytics or runtime.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import Any, Literal
 
 import yaml
 
-from edgecompress.bench import BenchConfig
-from edgecompress.pipeline.config import ConfigError, from_dict, require, to_dict
-from edgecompress.pipeline.finetune import FinetuneConfig
-from edgecompress.pipeline.prune import PruneConfig
-from edgecompress.pipeline.quantize import QuantConfig
+from edgecompress.config import ConfigError, from_dict, require, to_dict
+from edgecompress.device.timing import BenchConfig
+from edgecompress.prune.config import PruneConfig
+from edgecompress.quantize.config import QuantConfig
 from edgecompress.targets import get_target
+from edgecompress.yolo.config import FinetuneConfig
 
 
 @dataclass(frozen=True)

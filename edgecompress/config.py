@@ -1,4 +1,8 @@
-"""Frozen-dataclass configs built from plain dicts (YAML), with errors that name the bad key or value."""
+"""Frozen-dataclass configs built from plain dicts (YAML), with errors that name the bad key or value, and the
+registries (name -> extension) every extension point uses.
+
+Light on purpose: no torch, Ultralytics or runtime imports, so validating a recipe loads none of them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from edgecompress.errors import UserError
 
@@ -27,6 +32,50 @@ def suggest(name: str, choices: typing.Iterable[str]) -> str:
     """A ' (did you mean X?)' hint for a misspelt name, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Registry(Generic[T]):
+    """The extensions of one kind (targets, runtimes, pruning criteria, allocations, calibration methods,
+    quantizers), by name: `REGISTRY.add(name, item)`, or `@REGISTRY.register(name)` on a class, which registers an
+    instance of it; `REGISTRY[name]` raises a ConfigError that suggests the closest name on a miss."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def add(self, name: str, item: T) -> T:
+        if name in self._items:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")  # a bug in our tables, not input
+        self._items[name] = item
+        return item
+
+    def register(self, name: str) -> Callable[[type], type]:
+        def register(cls: type) -> type:
+            self.add(name, cls())
+            return cls
+
+        return register
+
+    def __getitem__(self, name: str) -> T:
+        if name not in self._items:
+            raise ConfigError(f"unknown {self.kind} {name!r}{suggest(str(name), self._items)}; "
+                              f"choose one of {', '.join(self._items)}")
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(self._items.items())
+
+    def values(self) -> Iterator[T]:
+        return iter(self._items.values())
 
 
 def from_dict(cls: type[T], data: Any, where: str) -> T:

@@ -49,8 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", metavar="FLOPS_FRACTION", type=float,
                    help="fraction of FLOPs to remove by structured pruning, e.g. 0.35 (default 0: none)")
     p.add_argument("--quant", choices=("none", "ptq", "qat"),
-                   help="INT8 quantization: ptq (post-training, the default), qat (quantization-aware training) or none "
-                        "(FP32)")
+                   help="INT8 quantization: ptq (post-training, the default where the target runs INT8), qat "
+                        "(quantization-aware training) or none (the target's float precision)")
     p.add_argument("--max-map-drop", metavar="PTS", type=float,
                    help="mAP50-95 points the final artifact may lose: the INT8 fallback keeps layers in float to stay "
                         "within it (default 1.0), and the run fails (exit 1) if it still loses more")
@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
 def recipe_from_args(args: argparse.Namespace) -> Any:
     """The recipe file (or defaults) with every flag that was given laid over it."""
-    from edgecompress.pipeline.recipe import Recipe
+    from edgecompress.recipe import Recipe
 
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
     flags = {"model": args.model, "data": args.data, "target": args.target, "imgsz": args.imgsz,
@@ -82,7 +82,9 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgecompress.pipeline.runner import Runner  # imports Ultralytics, which sets its own log level
+    import ultralytics  # noqa: F401  (it sets its own log level on import; ours must come after)
+
+    from edgecompress.pipeline.runner import Runner
 
     if not args.debug:
         logging.getLogger("ultralytics").setLevel(logging.WARNING)
@@ -109,24 +111,24 @@ def targets_parser() -> argparse.ArgumentParser:
 
 
 def targets(args: argparse.Namespace) -> int:
+    from edgecompress.device.runtime import RUNTIMES
     from edgecompress.targets import ALIASES, TARGETS
-    from edgecompress.targets.runtimes import RUNTIMES
 
     print(f"{'target':<18}{'runtime':<13}{'precisions':<16}{'INT8 activations':<18}{'channels':<10}"
-          f"{'imgsz':<7}{'batch':<7}{'DLA':<5}usable here")
+          f"{'imgsz':<7}{'runs here':<11}builds here")
     explained = set()
     for t in TARGETS.values():
-        reason = RUNTIMES[t.runtime].unusable()
+        runs = RUNTIMES[t.runtime].unusable()
         int8 = f"{t.int8.activation_type} {'sym' if t.int8.symmetric_activations else 'asym'}" if t.int8 else "-"
         print(f"{t.name:<18}{t.runtime:<13}{','.join(t.precisions):<16}{int8:<18}{'x' + str(t.channel_multiple):<10}"
-              f"{t.imgsz:<7}{t.batch:<7}{t.dla_cores:<5}{'no' if reason else 'yes'}")
-        if reason and t.runtime not in explained:
+              f"{t.imgsz:<7}{'no' if runs else 'yes':<11}{'no' if t.unusable() else 'yes'}")
+        if runs and t.runtime not in explained:
             explained.add(t.runtime)
-            print(f"    {reason}")
-            if t.runtime == "tensorrt":
-                print("    compress still writes the QDQ ONNX and trtexec.sh; the engine is built on the device")
+            print(f"    {runs}")
     for alias, name in ALIASES.items():
         print(f"{alias} = {name}")
+    print("builds here: compress can make the target's artifact on this machine (a device bundle where its runtime "
+          "does not run here; the device then builds the engine)")
     return 0
 
 
@@ -134,7 +136,8 @@ def bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compress bench", description="Time an artifact on this device: latency p50/p90/p99, throughput, "
         "memory. Needs only numpy, OpenCV, pyyaml and the artifact's runtime.")
-    p.add_argument("artifact", type=Path, help="a .onnx, an *_openvino_model folder, or a TensorRT .engine/.plan")
+    p.add_argument("artifact", type=Path, help="a .onnx, an *_openvino_model or *_ncnn_model folder, or a TensorRT "
+                   ".engine/.plan")
     p.add_argument("--target", metavar="NAME", help="the target it was built for (its default image size is used "
                    "when the artifact's input size is dynamic)")
     p.add_argument("--data", metavar="YAML", type=Path,
@@ -148,12 +151,14 @@ def bench_parser() -> argparse.ArgumentParser:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from edgecompress.bench import BenchConfig, bench_artifact
+    from edgecompress.device.bench import bench_artifact
+    from edgecompress.device.timing import BenchConfig
     from edgecompress.targets import get_target
 
     target = get_target(args.target) if args.target else None
-    report = bench_artifact(args.artifact, target, args.data, BenchConfig(runs=args.runs, threads=args.threads),
-                            args.out)
+    facts = {"name": target.name, "runtime": target.runtime, "description": target.description} if target else None
+    report = bench_artifact(args.artifact, facts, target.imgsz if target else 640, args.data,
+                            BenchConfig(runs=args.runs, threads=args.threads), args.out)
     inf, e2e = report["inference"], report["end_to_end"]
     print(f"{report['device']}, {report['runtime']}: inference p50 {inf['p50_ms']:.2f} ms "
           f"(p90 {inf['p90_ms']:.2f}, p99 {inf['p99_ms']:.2f}, {inf['throughput_fps']:.1f} img/s)"
@@ -174,7 +179,7 @@ def report_parser() -> argparse.ArgumentParser:
 
 
 def report(args: argparse.Namespace) -> int:
-    from edgecompress.pipeline.compare import write
+    from edgecompress.pipeline.merge import write
 
     print(f"report: {write(args.sources, args.out)}")
     return 0

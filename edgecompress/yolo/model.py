@@ -1,4 +1,4 @@
-"""The Ultralytics adapter: load and save checkpoints safely, describe, evaluate and export a model."""
+"""Ultralytics models: load and save checkpoints safely, describe, evaluate (the one protocol) and export."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import importlib
 import os
 import pathlib
 import pickle
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import ultralytics.data.dataset as _ul_dataset
 from ultralytics.engine.exporter import Exporter
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.tasks import DetectionModel, torch_safe_load
@@ -20,19 +21,13 @@ from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
 from ultralytics.utils.torch_utils import get_flops
 
 from edgecompress.errors import UserError
-
-
-def _no_cache_write(_prefix: str, _path: Path, x: dict[str, Any], version: str) -> None:
-    """Ultralytics writes labels/*.cache beside a dataset's labels; the user's dataset is never modified."""
-    x["version"] = version  # the one side effect its callers rely on
-
-
-_ul_dataset.save_dataset_cache_file = _no_cache_write
+from edgecompress.yolo.data import Dataset
 
 UNSUPPORTED = {"SegmentationModel": "segmentation", "PoseModel": "pose", "OBBModel": "oriented-box",
                "ClassificationModel": "classification", "RTDETRDetectionModel": "RT-DETR"}
 
 
+METADATA = "metadata.yaml"  # Ultralytics' metadata beside an exported ONNX, carried by what is converted from it
 TRUST_ENV = "EDGECOMPRESS_TRUST_CHECKPOINT"  # "1": child processes (the benchmark) unpickle checkpoints fully too
 MODEL_MODULES = ("torch.nn.modules.", "ultralytics.nn.modules.", "edgecompress.")
 # The plain data, besides model classes, that Ultralytics pickles into checkpoints.
@@ -158,41 +153,60 @@ def describe(model: DetectionModel, imgsz: int) -> dict[str, Any]:
     }
 
 
-def evaluate(weights: str | Path | DetectionModel, data: str | Path, imgsz: int, split: str, conf: float,
-             iou: float, device: str, workdir: Path) -> dict[str, Any]:
-    """mAP of `weights` run in its own runtime (chosen by Ultralytics' AutoBackend from the artifact's name).
+@dataclass(frozen=True)
+class Evaluator:
+    """The one evaluation protocol: the report's figures and every decision the pipeline makes (pruning
+    sensitivity, the fine-tune schedule, the INT8 fallback) measure mAP this way, on the recipe's eval split.
 
-    Batch 1 and square letterboxed input (rect=False) for every artifact, PyTorch included, so the baseline is
-    measured exactly as the exported static-shape artifacts are.
-    """
-    args = {
-        "task": "detect", "mode": "val", "data": str(data), "imgsz": imgsz, "batch": 1, "device": device,
-        "split": split, "conf": conf, "iou": iou, "rect": False, "plots": False, "save_json": False,
-        "verbose": False, "project": str(Path(workdir).resolve()), "name": "val", "exist_ok": True,
-    }
-    validator = DetectionValidator(args=args)
-    model = weights if isinstance(weights, torch.nn.Module) else str(weights)
-    stats = validator(model=model)
-    return {
-        "map50": round(float(stats["metrics/mAP50(B)"]), 5),
-        "map50_95": round(float(stats["metrics/mAP50-95(B)"]), 5),
-        "precision": round(float(stats["metrics/precision(B)"]), 5),
-        "recall": round(float(stats["metrics/recall(B)"]), 5),
-        "images": len(validator.dataloader.dataset),
-        "val_speed_ms": {k: round(v, 3) for k, v in validator.speed.items() if k != "loss"},
-    }
+    Ultralytics' validator, batch 1 and square letterboxed input (rect=False) for every artifact, PyTorch included,
+    so the baseline is measured exactly as the exported static-shape artifacts are; each artifact runs in its own
+    runtime (Ultralytics' AutoBackend picks it from the artifact's name)."""
+
+    dataset: Dataset
+    imgsz: int
+    split: str = "val"
+    conf: float = 0.001
+    iou: float = 0.7
+    device: str = "cpu"
+
+    def __call__(self, weights: str | Path | DetectionModel, workdir: Path, images: int | None = None
+                 ) -> dict[str, Any]:
+        """mAP of `weights` on the split (its first `images` images only, when given)."""
+        workdir = Path(workdir).resolve()  # Ultralytics files a relative project under ./runs/detect
+        data = self.dataset.subset(self.split, images, workdir / "subset") if images else self.dataset.yaml
+        args = {
+            "task": "detect", "mode": "val", "data": str(data), "imgsz": self.imgsz, "batch": 1,
+            "device": self.device, "split": "val" if images else self.split, "conf": self.conf, "iou": self.iou,
+            "rect": False, "plots": False, "save_json": False, "verbose": False, "project": str(workdir),
+            "name": "val", "exist_ok": True,
+        }
+        validator = DetectionValidator(args=args)
+        model = weights if isinstance(weights, torch.nn.Module) else str(weights)
+        stats = validator(model=model)
+        shutil.rmtree(workdir / "val", ignore_errors=True)  # Ultralytics' empty save_dir (plots are off)
+        return {
+            "map50": round(float(stats["metrics/mAP50(B)"]), 5),
+            "map50_95": round(float(stats["metrics/mAP50-95(B)"]), 5),
+            "precision": round(float(stats["metrics/precision(B)"]), 5),
+            "recall": round(float(stats["metrics/recall(B)"]), 5),
+            "images": len(validator.dataloader.dataset),
+            "val_speed_ms": {k: round(v, 3) for k, v in validator.speed.items() if k != "loss"},
+        }
 
 
-def export_onnx(model: DetectionModel, imgsz: int, folder: Path, stem: str) -> tuple[Path, Path]:
-    """FP32 ONNX (batch 1, static shape, simplified with onnxslim) carrying Ultralytics' metadata.
-
-    Returns the ONNX path and a metadata.yaml that conversions to other runtimes carry along.
-    """
+def export(model: DetectionModel, fmt: str, imgsz: int, folder: Path, stem: str, **options: Any) -> Path:
+    """Ultralytics' own exporter on `model` as it is (a pruned module keeps its widths: nothing is rebuilt from
+    a yaml): batch 1, static shape, on the CPU, written into `folder`. Returns the exported file or folder."""
     model.pt_path = str(folder / f"{stem}.pt")  # Ultralytics writes the export beside pt_path: keep it in `folder`
-    exporter = Exporter(overrides={"format": "onnx", "imgsz": imgsz, "batch": 1, "simplify": True,
-                                   "dynamic": False, "device": "cpu", "verbose": False})
-    onnx_path = Path(exporter(model=model))
-    metadata = folder / "metadata.yaml"
-    YAML.save(metadata, exporter.metadata)
-    return onnx_path, metadata
+    exporter = Exporter(overrides={"format": fmt, "imgsz": imgsz, "batch": 1, "dynamic": False, "device": "cpu",
+                                   "verbose": False, **options})
+    path = Path(exporter(model=model))
+    if fmt == "onnx":  # conversions to other runtimes carry the metadata along
+        YAML.save(folder / METADATA, exporter.metadata)
+    return path
 
+
+def export_onnx(model: DetectionModel, imgsz: int, folder: Path, stem: str) -> Path:
+    """FP32 ONNX (batch 1, static shape, simplified with onnxslim) carrying Ultralytics' metadata, with a
+    metadata.yaml beside it (METADATA) for the artifacts converted from it."""
+    return export(model, "onnx", imgsz, folder, stem, simplify=True)

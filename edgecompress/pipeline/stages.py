@@ -1,0 +1,253 @@
+"""The stages of the flow. Targets arrange them into plans (edgecompress.targets); the runner runs a plan.
+
+load -> [prune -> fine-tune] -> export -> [convert] -> [PTQ | QAT] -> [bundle]; every model is then evaluated and
+benchmarked (Evaluate, Bench). Heavy libraries are imported inside `run`, so a plan can be built anywhere.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgecompress.pipeline.stage import Artifact, ModelStage, Stage
+
+if TYPE_CHECKING:
+    from edgecompress.pipeline.cache import Entry
+    from edgecompress.pipeline.runner import Run
+    from edgecompress.prune.config import PruneConfig
+    from edgecompress.quantize.config import QuantConfig
+    from edgecompress.recipe import Recipe
+    from edgecompress.targets.base import Target
+    from edgecompress.yolo.config import FinetuneConfig
+
+
+class Load(ModelStage):
+    """The user's checkpoint, as it is: the baseline every later stage is measured against."""
+
+    name, output_name, runtime, precision, source_kind = "load", "baseline", "torch", "fp32", "torch"
+    facts = ("checkpoint", "imgsz")
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.yolo.model import describe
+
+        return {"artifact": str(run.checkpoint), "size": describe(run.model, run.recipe.imgsz)}
+
+
+class _Train(ModelStage):
+    """A PyTorch stage (prune, fine-tune): the parent checkpoint in, a checkpoint out."""
+
+    runtime, precision, source_kind = "torch", "fp32", "torch"
+    facts = ("data", "imgsz", "device", "eval")
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.yolo.model import describe, load_model, save_checkpoint
+
+        model, info = self.train(load_model(parent.path, run.trust), folder / "scratch", run)
+        save_checkpoint(model, folder / f"{self.name}.pt", half=False)
+        shutil.rmtree(folder / "scratch", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
+        return {"artifact": f"{self.name}.pt", "size": describe(model, run.recipe.imgsz), **info}
+
+    def train(self, model: Any, workdir: Path, run: Run) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+
+class Prune(_Train):
+    name = output_name = "prune"
+
+    def __init__(self, config: PruneConfig) -> None:
+        self.config = config
+
+    def settings(self) -> Any:
+        return self.config
+
+    def train(self, model: Any, workdir: Path, run: Run) -> tuple[Any, dict[str, Any]]:
+        from edgecompress.prune.pruner import prune
+
+        return prune(model, self.config, run.evaluate, workdir)
+
+
+class Finetune(_Train):
+    """Recovers what pruning lost, against the user's unpruned model (schedule auto's yardstick)."""
+
+    name = output_name = "finetune"
+
+    def __init__(self, config: FinetuneConfig) -> None:
+        self.config = config
+
+    def settings(self) -> Any:
+        return self.config
+
+    def train(self, model: Any, workdir: Path, run: Run) -> tuple[Any, dict[str, Any]]:
+        from edgecompress.yolo.train import finetune
+
+        return finetune(model, self.config, run.evaluate, workdir, reference=run.model)
+
+
+class Export(ModelStage):
+    """The PyTorch model through Ultralytics' own exporter, as it is (a pruned module keeps its widths): ONNX for
+    most targets, or a runtime's own format (ncnn). Batch 1, static shape."""
+
+    facts = ("imgsz",)
+
+    def __init__(self, fmt: str, runtime: str, precision: str, **options: Any) -> None:
+        self.fmt, self.runtime, self.precision, self.options = fmt, runtime, precision, options
+        self.name = "export" if fmt == "onnx" else f"export-{fmt}-{precision}"
+        self.output_name = f"{fmt}-{precision}"
+        self.source_kind = "onnx" if fmt == "onnx" else None
+
+    def settings(self) -> Any:
+        return {"format": self.fmt, "precision": self.precision, **self.options}
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.yolo.model import export, load_model
+
+        model = load_model(parent.sources["torch"], run.trust)
+        path = export(model, self.fmt, run.recipe.imgsz, folder, "model", **self.options)
+        return {"artifact": path.name}
+
+
+class Convert(ModelStage):
+    """The FP32 ONNX converted to the target runtime's own format (OpenVINO IR)."""
+
+    precision = "fp32"
+
+    def __init__(self, target: Target) -> None:
+        self.target, self.runtime = target, target.runtime
+        self.name = self.output_name = f"{target.runtime}-fp32"
+
+    def settings(self) -> Any:
+        return {"runtime": self.runtime}
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        return {"artifact": self.target.convert(parent.sources["onnx"], folder, "model").name}
+
+
+class PTQ(ModelStage):
+    """Post-training INT8 for the target, held to its parent (the FP32 model in the target's runtime, measured
+    already) by the accuracy-aware fallback."""
+
+    precision = "int8"
+    facts = ("data", "imgsz", "device", "eval")
+
+    def __init__(self, target: Target, config: QuantConfig) -> None:
+        self.target, self.config = target, config
+        self.name, self.output_name, self.runtime = f"quantize-{target.name}", target.int8_name, target.int8_runtime
+
+    def settings(self) -> Any:
+        return self.config
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.quantize.ptq import quantize
+
+        baseline = run.measured(parent)["accuracy"]["map50_95"]
+        artifact, info = quantize(parent.sources["onnx"], parent.path, self.config, self.target, run.evaluate,
+                                  folder, baseline)
+        shutil.rmtree(folder / "eval", ignore_errors=True)
+        run.log(f"[quantize] INT8 mAP50-95 {-info['drop_points']:+.2f} points against FP32 (budget "
+                f"-{self.config.max_map_drop}); layers kept in float: {len(info['float_layers'])}")
+        return {"artifact": artifact.name, **info}
+
+
+class QAT(ModelStage):
+    """Fake-quantized fine-tuning of the PyTorch model, then the target's INT8 artifact from it."""
+
+    precision = "int8"
+    facts = ("data", "imgsz", "device", "eval")
+
+    def __init__(self, target: Target, config: QuantConfig) -> None:
+        self.target, self.config = target, config
+        self.name, self.output_name, self.runtime = f"qat-{target.name}", target.int8_name, target.int8_runtime
+
+    def settings(self) -> Any:
+        return self.config
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.quantize.qat import qat
+        from edgecompress.yolo.model import load_model
+
+        model = load_model(parent.sources["torch"], run.trust)
+        artifact, info = qat(model, self.config, self.target, run.evaluate, folder / "scratch")
+        dest = folder / artifact.name
+        shutil.move(str(artifact), dest)
+        shutil.rmtree(folder / "scratch", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
+        return {"artifact": dest.name, **info}
+
+
+class Bundle(Stage):
+    """What a device needs beside the artifact (a Jetson's QDQ ONNX, metadata and trtexec.sh), and the engine
+    built from it where the runtime runs here. Its folder is what the run publishes."""
+
+    facts = ("runtime",)
+    publishes_folder = True
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.name = target.runtime
+
+    def settings(self) -> Any:
+        return {"target": self.target.name}
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        info = self.target.bundle(parent, folder)
+        if not info.get("engine"):
+            run.log(f"[{self.name}] {info['reason']}")
+        return info
+
+    def output(self, parent: Artifact | None, entry: Entry) -> Artifact | None:
+        if not entry.info.get("engine"):
+            return None
+        return Artifact(f"{self.target.runtime}-{parent.precision}", entry.folder / entry.info["engine"],
+                        self.target.runtime, parent.precision, entry.key, parent.size, entry.info, parent.sources)
+
+
+class Evaluate(Stage):
+    """Accuracy of one artifact in its own runtime (the run's one evaluation protocol)."""
+
+    facts = ("data", "imgsz", "eval", "device")
+
+    def __init__(self, artifact: Artifact) -> None:
+        self.name = f"evaluate-{artifact.name}"
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.yolo.model import load_model
+
+        # A checkpoint goes in loaded by our safe loader: given a path, Ultralytics would unpickle it fully.
+        weights = load_model(parent.path, run.trust) if parent.runtime == "torch" else parent.path
+        return run.evaluate(weights, folder)
+
+
+class Bench(Stage):
+    """Latency and memory of one artifact, timed in a fresh process (so its peak memory is one session's)."""
+
+    facts = ("imgsz", "bench", "host")
+
+    def __init__(self, artifact: Artifact) -> None:
+        self.name = f"bench-{artifact.name}"
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.device.bench import BENCH_IMAGES, measure_isolated
+        from edgecompress.yolo.model import TRUST_ENV
+
+        images = run.dataset.images(run.recipe.eval.split)[:BENCH_IMAGES]
+        return measure_isolated(parent.path, parent.runtime, run.recipe.imgsz, run.recipe.bench, images, folder,
+                                {TRUST_ENV: "1" if run.trust else "0"})
+
+
+def training(recipe: Recipe) -> list[Stage]:
+    """The stages every plan starts with: load, then prune and fine-tune when the recipe prunes."""
+    stages: list[Stage] = [Load()]
+    if recipe.prune.enabled:
+        stages.append(Prune(recipe.prune))
+        if recipe.finetune.epochs:  # fine-tuning recovers what pruning lost
+            stages.append(Finetune(recipe.finetune))
+    return stages
+
+
+def int8(target: Target, recipe: Recipe) -> list[Stage]:
+    """The INT8 stage the recipe asks for, or none."""
+    if recipe.quant.mode == "ptq":
+        return [PTQ(target, recipe.quant)]
+    if recipe.quant.mode == "qat":
+        return [QAT(target, recipe.quant)]
+    return []

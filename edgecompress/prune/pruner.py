@@ -1,0 +1,170 @@
+"""The prune stage: structured pruning of an Ultralytics detector with torch-pruning.
+
+The flow of `prune()`:
+  1. copy the model, switch gradients on (Ultralytics loads them off, and torch-pruning traces autograd);
+  2. optionally drop whole bottleneck blocks (depth pruning) and train with group sparsity (criterion group_norm);
+  3. split C2f/C3k2 into two convs (yolo.blocks) and build torch-pruning's DependencyGraph;
+  4. score every channel group with the criterion, choose how many channels each group loses (the allocation;
+     rounded to the target's channel multiple; a split block's halves kept equal), searching the one knob that
+     meets the FLOPs or latency target;
+  5. for iterative schedules, fine-tune between steps and stop early when the mAP budget is spent;
+  6. fold the split blocks back, so the model holds only stock Ultralytics classes.
+
+Blocks that cannot be pruned safely are left alone and named in the info dict: the Detect head's final convs
+(their outputs are box/class channels), the DFL, and attention (heads of fixed width reshape the channels).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils.torch_utils import get_flops
+
+from edgecompress.prune.allocation import ALLOCATIONS
+from edgecompress.prune.config import PruneConfig
+from edgecompress.prune.depth import remove_blocks
+from edgecompress.prune.graph import enable_grads, flat_tensors, protected_layers, traceable
+from edgecompress.prune.planner import Planner
+from edgecompress.prune.sensitivity import plot_sensitivity, sensitivity, sensitivity_weights
+from edgecompress.yolo.blocks import fold_blocks, split_blocks
+from edgecompress.yolo.config import FinetuneConfig
+from edgecompress.yolo.model import Evaluator
+from edgecompress.yolo.train import finetune
+
+# the regulariser pulls whole groups towards zero only where the weights move; the settings the group-regularised
+# iterative experiment was measured with (BENCHMARKS.md, "Pruning")
+SPARSE_TRAINING = {"schedule": "recover", "optimizer": "AdamW", "lr0": 1e-4, "lrf": 0.1, "warmup_epochs": 0.0,
+                   "freeze_bn": False, "batch": 16, "nbs": 64}
+
+
+def prune(model: DetectionModel, config: PruneConfig, evaluate: Evaluator,
+          workdir: Path) -> tuple[DetectionModel, dict]:
+    """Returns the pruned (and, for iterative schedules, step-wise fine-tuned) model and a JSON-able info dict.
+    Data, image size and device are the evaluator's; every accuracy it decides by is the evaluator's too."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    imgsz = evaluate.imgsz
+    unpruned, model = model, enable_grads(copy.deepcopy(model).float().cpu())
+    base = _size(model, imgsz)
+    info: dict[str, Any] = {"before": base, "config": {"criterion": config.criterion,
+                                                        "allocation": config.allocation}}
+    if config.depth:
+        info["depth_removed"] = remove_blocks(model, config.depth)
+    if config.criterion == "group_norm" and config.sparse_epochs:
+        model, info["sparse_training"] = _sparse_train(model, config, evaluate, workdir / "sparse")
+
+    weights = None
+    if config.sensitivity or ALLOCATIONS[config.allocation].uses_sensitivity:
+        drops = sensitivity(model, config, evaluate, workdir / "sensitivity")
+        info["sensitivity"] = {"map_drop_points": drops, "plot": str(workdir / "sensitivity.png")}
+        plot_sensitivity(drops, config.sensitivity_ratio, workdir / "sensitivity.png")
+        weights = sensitivity_weights(drops)
+    track = config.max_map_drop is not None and config.steps > 1
+    base_map = evaluate(model, workdir / "eval_base")["map50_95"] if track else None
+    steps, best = [], None
+    for step in range(1, config.steps + 1):
+        fraction = step / config.steps
+        model, step_info = prune_step(model, config, evaluate, base["gflops"], fraction, weights,
+                                      steps[0]["table_ms"]["unpruned"] if steps and config.latency else None)
+        if step < config.steps and config.step_finetune.epochs:
+            model, ft = finetune(model, config.step_finetune, evaluate, workdir / f"step{step}", unpruned)
+            step_info["finetune"] = ft
+        if track:
+            metrics = evaluate(model, workdir / f"eval{step}")
+            step_info.update(map50=metrics["map50"], map50_95=metrics["map50_95"])
+            step_info["map_drop_points"] = round(100 * (base_map - step_info["map50_95"]), 3)
+        steps.append(step_info)
+        if track and step_info["map_drop_points"] > config.max_map_drop:
+            info["stopped_early"] = f"step {step} lost {step_info['map_drop_points']} points > {config.max_map_drop}"
+            break
+        best = copy.deepcopy(model) if track else model  # the next step prunes `model` in place
+    model = best if best is not None else model  # a first step over budget is still returned, and flagged
+    fold_blocks(model)
+    info["steps"] = steps
+    info["after"] = _size(model, imgsz)
+    info["flops_removed"] = round(1 - info["after"]["gflops"] / base["gflops"], 4)
+    (workdir / "prune_info.json").write_text(json.dumps(info, indent=1))
+    return model.eval(), info
+
+
+def prune_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator, base_gflops: float,
+               fraction: float, weights: dict[str, float] | None = None,
+               base_ms: float | None = None) -> tuple[DetectionModel, dict]:
+    """One pruning step reaching `fraction` of the configured amount (measured against the unpruned model)."""
+    imgsz = evaluate.imgsz
+    enable_grads(model)  # a model back from fine-tuning is loaded from its checkpoint with grads off
+    split_blocks(model)
+    plan = Planner(model, config, evaluate.dataset, imgsz, weights)
+    if config.latency:
+        base_ms = base_ms or plan.table_ms
+        knob = _search(plan.predicted_ms, base_ms * (1 - config.latency * fraction),
+                       config.flops_tolerance * base_ms)
+    elif config.flops:
+        target = base_gflops * (1 - config.flops * fraction)
+        knob = _search(lambda k: _size(plan.apply(k, dry_run=True), imgsz)["gflops"], target,
+                       config.flops_tolerance * target)
+    elif config.threshold:
+        knob = config.threshold
+    else:  # `ratio` counts channels of the unpruned model; earlier steps already removed ratio * done of them
+        done = fraction - 1 / config.steps
+        knob = 1 - (1 - config.ratio * fraction) / (1 - config.ratio * done)
+    pruned = plan.apply(knob)
+    info = {"knob": round(knob, 5), **_size(pruned, imgsz), "groups": plan.report(), "skipped": plan.skipped,
+            "scored_by_l2": plan.rescored}
+    if config.latency:
+        info["table_ms"] = {"before": round(plan.table_ms, 3), "predicted_after": round(plan.predicted_ms(knob), 3),
+                            "unpruned": round(base_ms, 3)}
+    return pruned, info
+
+
+def _search(gflops_at: Callable[[float], float], target: float, tolerance: float) -> float:
+    """The allocation knob (more knob, fewer FLOPs) whose FLOPs are within tolerance of target.
+
+    Regula falsi (Illinois) on the monotone FLOPs curve: each evaluation prunes a copy of the model, so the
+    few evaluations it needs (about 4, against about 8 for bisection) are what make the search fast.
+    """
+    lo, hi = (0.0, gflops_at(0.0)), (0.99, gflops_at(0.99))
+    side = 0
+    for _ in range(12):
+        (k0, g0), (k1, g1) = lo, hi
+        k = k0 + (g0 - target) * (k1 - k0) / (g0 - g1) if g0 != g1 else (k0 + k1) / 2
+        g = gflops_at(k)
+        if abs(g - target) <= tolerance:
+            return k
+        if g > target:  # not pruned enough yet
+            lo, hi = (k, g), (hi if side != -1 else (hi[0], (hi[1] + target) / 2))
+            side = -1
+        else:
+            hi, lo = (k, g), (lo if side != 1 else (lo[0], (lo[1] + target) / 2))
+            side = 1
+    return hi[0]  # rounding to a channel multiple can make the target unreachable: err on fewer FLOPs
+
+
+def _sparse_train(model: DetectionModel, config: PruneConfig, evaluate: Evaluator,
+                  workdir: Path) -> tuple[DetectionModel, dict]:
+    """Torch-pruning's GroupNormPruner regularisation during training: unimportant groups shrink toward zero."""
+    split_blocks(model)
+
+    def regulariser(trained: nn.Module) -> Callable[[nn.Module], None]:
+        with traceable(trained):
+            example = torch.zeros(1, 3, 64, 64, device=next(trained.parameters()).device)
+            pruner = tp.pruner.GroupNormPruner(
+                trained, example, importance=tp.importance.GroupMagnitudeImportance(p=2), reg=config.sparse_reg,
+                ignored_layers=list(protected_layers(trained, config.ignore)), output_transform=flat_tensors,
+                pruning_ratio=0.0)
+        return pruner.regularize
+
+    return finetune(model, FinetuneConfig(epochs=config.sparse_epochs, **SPARSE_TRAINING), evaluate, workdir,
+                    regulariser=regulariser)
+
+
+def _size(model: nn.Module, imgsz: int) -> dict[str, float]:
+    return {"gflops": round(get_flops(model, imgsz), 4), "parameters": sum(p.numel() for p in model.parameters())}

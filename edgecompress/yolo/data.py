@@ -1,0 +1,189 @@
+"""The user's dataset: parsed once, by Ultralytics, and checked up front (a bad dataset fails in a second, not
+mid-run), then handed to every stage as one `Dataset`: splits, images, train batches, subsets, calibration
+images, fingerprint.
+
+Never writes into the dataset and never downloads (Ultralytics would, for a YAML with a `download:` key).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ultralytics.data.utils import check_det_dataset, img2label_paths
+
+from edgecompress.device.images import list_images
+from edgecompress.errors import UserError
+from edgecompress.files import digest
+
+LOG = logging.getLogger("edgecompress")
+SPLITS = ("train", "val", "test")
+# Activation ranges (minmax above all) are set by rare extremes; below a few hundred images they depend on
+# which images happened to be drawn. 300 is also NNCF's default subset size.
+RECOMMENDED_CALIBRATION_IMAGES = 300
+MIN_CALIBRATION_IMAGES = 8  # below this the ranges are little more than one image's: refuse rather than ship blind
+
+
+class Dataset:
+    """A checked detection dataset (see `check`): Ultralytics' parse of its YAML, and what the stages draw from it."""
+
+    def __init__(self, yaml_file: Path, info: dict[str, Any]) -> None:
+        self.yaml = yaml_file
+        self.info = info
+
+    @classmethod
+    def check(cls, data: str | Path, classes: int, eval_split: str = "val") -> Dataset:
+        """Parse and check a detection dataset YAML against a model with `classes` classes.
+
+        Every split present must hold images whose labels are well formed, with class ids below `classes`;
+        the split used for evaluation must also have at least one labelled image.
+        """
+        return cls(Path(data).resolve(), _parse_and_check(Path(data), classes, eval_split))
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.info["names"]
+
+    def images(self, split: str) -> list[Path]:
+        """The image files of one split, sorted."""
+        return _split_images(self.info, split)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of the YAML and of every image and label file's name, size and mtime: changes when they do."""
+        listing = []
+        for split in SPLITS:
+            if self.info.get(split):
+                images = self.images(split)
+                for p in [*images, *map(Path, img2label_paths([str(i) for i in images]))]:
+                    stat = p.stat() if p.exists() else None
+                    listing.append((str(p), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1))
+        return digest({"yaml": self.yaml.read_text(), "files": listing})
+
+    def subset(self, split: str, count: int, folder: Path) -> Path:
+        """A dataset YAML whose val split is the first `count` images of `split` (labels found beside them)."""
+        folder = folder.resolve()  # Ultralytics reads a relative path in a dataset YAML against the YAML's folder
+        folder.mkdir(parents=True, exist_ok=True)
+        listing = folder / f"{split}-{count}.txt"
+        listing.write_text("\n".join(str(p) for p in self.images(split)[:count]) + "\n")
+        subset = folder / f"{split}-{count}.yaml"
+        subset.write_text(yaml.safe_dump({"train": str(listing), "val": str(listing), "names": self.names}))
+        return subset
+
+    def train_batches(self, imgsz: int, count: int, batch: int = 8) -> Iterator[dict[str, Any]]:
+        """`count` preprocessed, un-augmented batches of the train split (for importance scoring)."""
+        from ultralytics.cfg import get_cfg
+        from ultralytics.data import build_dataloader, build_yolo_dataset
+
+        cfg = get_cfg(overrides={"imgsz": imgsz, "data": str(self.yaml)})
+        dataset = build_yolo_dataset(cfg, self.info["train"], batch, self.info, mode="val", stride=32)
+        loader = build_dataloader(dataset, batch, workers=0, shuffle=True)
+        for i, b in enumerate(loader):
+            if i >= count:
+                return
+            b["img"] = b["img"].float() / 255
+            yield b
+
+    def calibration_images(self, count: int, seed: int = 0) -> list[Path]:
+        """A seeded uniform sample of `count` train images (all of them when there are fewer), warning below
+        RECOMMENDED_CALIBRATION_IMAGES: calibration data comes from the train split, never the eval split."""
+        images = self.images("train")
+        if len(images) < MIN_CALIBRATION_IMAGES:
+            raise UserError(f"the train split of {self.yaml} has {len(images)} images, too few to calibrate INT8 "
+                            f"ranges (at least {MIN_CALIBRATION_IMAGES}, {RECOMMENDED_CALIBRATION_IMAGES} "
+                            f"recommended); add images or use --quant none")
+        chosen = sorted(random.Random(seed).sample(images, count)) if count < len(images) else images
+        if len(chosen) < RECOMMENDED_CALIBRATION_IMAGES:
+            LOG.warning(
+                "calibrating on %d images (fewer than %d): activation ranges are set by rare extremes, so with few "
+                "images they depend on which images were drawn and INT8 accuracy varies from run to run%s",
+                len(chosen), RECOMMENDED_CALIBRATION_IMAGES,
+                "" if count <= len(images) else f"; the train split has only {len(images)}",
+            )
+        return chosen
+
+
+def _parse_and_check(data: Path, classes: int, eval_split: str) -> dict[str, Any]:
+    """Ultralytics' parse of the YAML, every label checked (see Dataset.check)."""
+    data = Path(data)
+    if not data.is_file():
+        raise UserError(f"dataset YAML {data} does not exist; pass the data.yaml the model was trained with")
+    _check_declared_count(data, classes)
+    try:
+        info = check_det_dataset(str(data), autodownload=False)
+    except Exception as e:  # Ultralytics raises a zoo of types for a bad YAML; all mean the same to the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"dataset YAML {data} is not usable: {first}") from e
+    if info["nc"] != classes:
+        raise UserError(f"dataset YAML {data} has {info['nc']} classes but the model has {classes}; "
+                        f"pass the dataset the model was trained on")
+    for split in SPLITS:
+        if info.get(split):
+            labelled = _check_labels(_split_images(info, split), classes)
+            if split == eval_split and not labelled:
+                raise UserError(f"the '{split}' split of {data} has no labels: put one .txt per image in the "
+                                f"'labels' folder beside 'images' (YOLO layout), or evaluate on another split")
+    return info
+
+
+def _check_declared_count(data: Path, classes: int) -> None:
+    """Refuse an `nc` without `names` that differs from the model's class count, before Ultralytics reads it: it
+    names such classes class_0 .. class_{nc-1}, so a huge `nc` (a typo, or 1e15) would fill the memory first."""
+    try:
+        spec = yaml.safe_load(data.read_text(errors="replace"))
+    except yaml.YAMLError:
+        return  # Ultralytics' loader says what is wrong with the YAML
+    if not isinstance(spec, dict) or spec.get("names") is not None or "nc" not in spec:
+        return
+    try:
+        count = float(spec["nc"])
+    except (TypeError, ValueError):
+        return  # not a number: Ultralytics' "must be an integer"
+    if count != classes:
+        raise UserError(f"dataset YAML {data} says nc: {spec['nc']} but the model has {classes} classes; pass the "
+                        f"dataset the model was trained on, or write its class names under 'names'")
+
+
+def _check_labels(images: list[Path], classes: int) -> int:
+    """Check every label file of these images; return how many images have at least one box."""
+    labelled = 0
+    for label in map(Path, img2label_paths([str(p) for p in images])):
+        if not label.is_file():
+            continue  # an image without a label file is a background image, which YOLO allows
+        boxes = 0
+        for number, line in enumerate(label.read_text(errors="replace").splitlines(), 1):
+            if fields := line.split():
+                _check_label_line(label, number, fields, classes)
+                boxes += 1
+        labelled += boxes > 0
+    return labelled
+
+
+def _check_label_line(label: Path, number: int, fields: list[str], classes: int) -> None:
+    where = f"label file {label}, line {number}"
+    # a box is `class cx cy w h`; a polygon `class x1 y1 x2 y2 x3 y3 ...` (Ultralytics takes its bounding box)
+    if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
+        raise UserError(f"{where}: expected 'class cx cy w h' (5 numbers), got {len(fields)} fields")
+    try:
+        cls, coords = float(fields[0]), [float(v) for v in fields[1:]]
+    except ValueError:
+        raise UserError(f"{where}: '{' '.join(fields)}' is not a list of numbers") from None
+    if cls != int(cls) or not 0 <= cls < classes:
+        raise UserError(f"{where}: class id {fields[0]} is outside the dataset's {classes} names "
+                        f"(0..{classes - 1}); fix the label or add the class to 'names'")
+    if not all(-0.01 <= v <= 1.01 for v in coords):
+        raise UserError(f"{where}: coordinates must be normalized to 0..1 (divide pixels by the image size)")
+
+
+def _split_images(info: dict[str, Any], split: str) -> list[Path]:
+    """The image files of one split of a checked dataset, sorted (folders, list files or lists of either)."""
+    entries = info.get(split)
+    if not entries:
+        raise UserError(f"the dataset has no '{split}' split; add '{split}: images/{split}' to its YAML")
+    return list_images([Path(e) for e in (entries if isinstance(entries, list) else [entries])],
+                       f"the dataset's '{split}' split")
