@@ -2,7 +2,7 @@
 
 For each target (x86 = OpenVINO, onnx = onnxruntime) it runs `compress`, exports the same checkpoint with
 Ultralytics, and then measures both artifacts the same way: mAP50-95 by Ultralytics' validator (batch 1) and
-latency by edgecompress's timing harness in alternating fresh processes. It also times a second identical run
+latency taking turns in one process (edgecompress.device.timing). It also times a second identical run
 (cache reuse) and a run killed in the middle of export, then resumed.
 
     python bench/export_compare.py --model ../shared/models/yolov8n-bccd.pt \
@@ -23,12 +23,11 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-import edgecompress.pipeline.yolo  # noqa: E402,F401  (keeps Ultralytics from writing label caches into the dataset)
-from common import time_alternating  # noqa: E402
+from common import SHARED, time_interleaved  # noqa: E402
 
 def compress(model: Path, data: Path, target: str, out: Path) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "edgecompress.pipeline.cli", "--model", str(model),
+    proc = subprocess.run([sys.executable, "-m", "edgecompress.cli", "--model", str(model),
                            "--data", str(data), "--target", target, "--out", str(out), "--quant", "none"],
                           capture_output=True, text=True)
     if proc.returncode:
@@ -38,7 +37,7 @@ def compress(model: Path, data: Path, target: str, out: Path) -> tuple[float, su
 
 def killed_in_export(model: Path, data: Path, target: str, out: Path) -> dict:
     """Kill a fresh run with SIGKILL as soon as its export stage starts, then resume it."""
-    command = [sys.executable, "-m", "edgecompress.pipeline.cli", "--model", str(model), "--data", str(data),
+    command = [sys.executable, "-m", "edgecompress.cli", "--model", str(model), "--data", str(data),
                "--target", target, "--out", str(out), "--quant", "none"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not list((out / "stages").glob(".tmp-export-*")) and proc.poll() is None:
@@ -71,8 +70,8 @@ def ultralytics_val(artifact: Path, data: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--model", type=Path, default=SHARED / "models" / "yolov8n-bccd.pt")
+    ap.add_argument("--data", type=Path, default=SHARED / "datasets" / "bccd" / "data.yaml")
     ap.add_argument("--out", type=Path, default=Path("bench/results/export"))
     ap.add_argument("--targets", nargs="+", default=["x86", "onnx"])
     args = ap.parse_args()
@@ -88,7 +87,7 @@ def main() -> None:
         report = json.loads((out / f"run-{target}" / "report.json").read_text())
         ours = out / f"run-{target}" / report["final"]["artifact"]
         theirs = ultralytics_export(model, fmt, out / f"ultralytics-{target}")
-        timing = time_alternating({"edgecompress": (ours, runtime), "ultralytics": (theirs, runtime)})
+        timing = time_interleaved({"edgecompress": (ours, runtime), "ultralytics": (theirs, runtime)})
         results[target] = {
             "edgecompress": {"map50_95_report": report["stages"][-1]["accuracy"]["map50_95"],
                              **ultralytics_val(ours, data), **timing["edgecompress"]},
@@ -101,7 +100,7 @@ def main() -> None:
                               for s in report["stages"]},
         }
         print(json.dumps({target: results[target]}, indent=2), flush=True)
-    from edgecompress.bench import host_info
+    from edgecompress.device.host import host_info
 
     (out / "results.json").write_text(json.dumps({"host": host_info(), "results": results}, indent=2))
 

@@ -25,10 +25,15 @@ from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-import edgecompress.pipeline.yolo as yolo  # noqa: E402  (first: stops Ultralytics writing into the dataset)
-from common import SHARED  # noqa: E402
-from edgecompress.pipeline.finetune import FinetuneConfig, evaluate_model, finetune  # noqa: E402
-from edgecompress.pipeline.prune import PruneConfig, prune  # noqa: E402
+from common import SHARED, evaluator, time_interleaved  # noqa: E402
+
+import edgecompress.yolo.model as yolo  # noqa: E402
+from edgecompress.plots import pyplot, save  # noqa: E402
+from edgecompress.prune.config import PruneConfig  # noqa: E402
+from edgecompress.prune.pruner import prune  # noqa: E402
+from edgecompress.targets import TARGETS  # noqa: E402
+from edgecompress.yolo.config import FinetuneConfig  # noqa: E402
+from edgecompress.yolo.train import finetune  # noqa: E402
 
 try:
     import polars  # noqa: F401
@@ -123,10 +128,10 @@ def run_point(name: str, flops: float, recipe: str, epochs: int, imgsz: int, out
     t0 = time.time()
     pruned, info = pruned_point(base, name, flops, recipe, imgsz, out, device)
     ft_kw = RECIPES[recipe][1]
-    before_ft = evaluate_model(pruned, str(DATA), imgsz, device, folder / "eval_pruned")
+    before_ft = evaluator(DATA, imgsz, device)(pruned, folder / "eval_pruned")
     ft_config = FinetuneConfig(**{"epochs": epochs, "workers": workers, **ft_kw, **ft_extra})
-    tuned, ft = finetune(pruned, ft_config, str(DATA), imgsz, device, folder / "finetune", reference=base)
-    after = evaluate_model(tuned, str(DATA), imgsz, device, folder / "eval")
+    tuned, ft = finetune(pruned, ft_config, evaluator(DATA, imgsz, device), folder / "finetune", reference=base)
+    after = evaluator(DATA, imgsz, device)(tuned, folder / "eval")
     yolo.save_checkpoint(tuned.cpu(), folder / "model.pt")
     result = {"model": name, "flops_target": flops, "recipe": recipe, "ft_extra": ft_extra, "epochs": epochs,
               "imgsz": imgsz,
@@ -148,7 +153,7 @@ def pruned_point(base: Any, name: str, flops: float, recipe: str, imgsz: int, ou
     prune_kw = RECIPES[recipe][0]
     config = PruneConfig(**{prune_kw.get("amount", "flops"): flops},
                          **{k: v for k, v in prune_kw.items() if k != "amount"})
-    pruned, info = prune(base, config, str(DATA), imgsz, device, folder / "prune")
+    pruned, info = prune(base, config, evaluator(DATA, imgsz, device), folder / "prune")
     yolo.save_checkpoint(pruned, folder / "model.pt", half=False)
     return pruned, info
 
@@ -158,7 +163,7 @@ def baseline(name: str, imgsz: int, out: Path, device: str) -> dict:
     if result_file.exists():
         return json.loads(result_file.read_text())
     model = yolo.load_model(MODELS / f"{name}.pt")
-    metrics = evaluate_model(model, str(DATA), imgsz, device, out / f"{name}-baseline")
+    metrics = evaluator(DATA, imgsz, device)(model, out / f"{name}-baseline")
     d = yolo.describe(model, imgsz)
     result = {"model": name, "recipe": "unpruned", "gflops": d["gflops"], "parameters": d["parameters"],
               "map50": metrics["map50"], "map50_95": metrics["map50_95"], "checkpoint": str(MODELS / f"{name}.pt")}
@@ -171,10 +176,10 @@ def finetune_check(name: str, imgsz: int, out: Path, settings: dict, device: str
     `settings` may set other epochs."""
     folder = out / f"ftcheck-{name}-{imgsz}{_tag(settings) or '-defaults'}"
     model = yolo.load_model(MODELS / f"{name}.pt")
-    before = evaluate_model(model, str(DATA), imgsz, device, folder / "before")
+    before = evaluator(DATA, imgsz, device)(model, folder / "before")
     config = FinetuneConfig(**{"epochs": 1, **settings})
-    tuned, ft = finetune(model, config, str(DATA), imgsz, device, folder, reference=model)
-    after = evaluate_model(tuned, str(DATA), imgsz, device, folder / "after")
+    tuned, ft = finetune(model, config, evaluator(DATA, imgsz, device), folder, reference=model)
+    after = evaluator(DATA, imgsz, device)(tuned, folder / "after")
     result = {"model": name, "epochs": config.epochs, "imgsz": imgsz, "settings": settings,
               "before": before["map50_95"], "after": after["map50_95"],
               "lost_points": round(100 * (before["map50_95"] - after["map50_95"]), 2), "finetune": ft}
@@ -192,11 +197,11 @@ def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str,
     config = PruneConfig(ratio=ratio * upto / steps, steps=upto, criterion=criterion, step_finetune=step_ft,
                          max_map_drop=100.0, sparse_epochs=epochs if criterion == "group_norm" else 0)
     model = yolo.load_model(MODELS / "yolov8n-bccd.pt")
-    base = {**evaluate_model(model, str(DATA), imgsz, device, folder / "eval_base"), **yolo.describe(model, imgsz)}
-    pruned, info = prune(model, config, str(DATA), imgsz, device, folder / "prune")
+    base = {**evaluator(DATA, imgsz, device)(model, folder / "eval_base"), **yolo.describe(model, imgsz)}
+    pruned, info = prune(model, config, evaluator(DATA, imgsz, device), folder / "prune")
     # prune() leaves the last step to the fine-tune stage; give it the same short fine-tune as the others
-    tuned, _ = finetune(pruned, step_ft, str(DATA), imgsz, device, folder / "last", reference=model)
-    info["steps"][-1].update({k: v for k, v in evaluate_model(tuned, str(DATA), imgsz, device, folder / "eval_last")
+    tuned, _ = finetune(pruned, step_ft, evaluator(DATA, imgsz, device), folder / "last", reference=model)
+    info["steps"][-1].update({k: v for k, v in evaluator(DATA, imgsz, device)(tuned, folder / "eval_last")
                               .items() if k in ("map50", "map50_95")})
     rows = [{"step": 0, "channels_removed": 0.0, "parameters": base["parameters"], "gflops": base["gflops"],
              "map50": base["map50"], "map50_95": base["map50_95"]}]
@@ -210,36 +215,24 @@ def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str,
     return result
 
 
-def measure_latency(results: list[dict], imgsz: int, out: Path, rounds: int = 3) -> None:
-    """OpenVINO FP32 p50 of every model, in interleaved rounds (so load from other work hits all alike)."""
-    from edgecompress.bench import BenchConfig, measure
-    from edgecompress.targets.runtimes import convert_onnx
-
+def measure_latency(results: list[dict], imgsz: int, out: Path) -> None:
+    """OpenVINO FP32 p50 of every model, taking turns at every inference (so load from other work hits all alike)."""
     artifacts = {}
-    for r in results:
+    for i, r in enumerate(results):
         folder = out / "latency" / Path(r["checkpoint"]).parent.name / Path(r["checkpoint"]).stem
-        xml_dir = folder / "openvino"
-        if not xml_dir.exists():
+        ir = folder / "model_openvino_model"
+        if not ir.exists():
             folder.mkdir(parents=True, exist_ok=True)
-            onnx_path, meta = yolo.export_onnx(yolo.load_model(r["checkpoint"]), imgsz, folder, "model")
-            convert_onnx("openvino", onnx_path, xml_dir, meta)
-        artifacts[id(r)] = xml_dir
-    config = BenchConfig(warmup=10, runs=50, max_seconds=20.0)
-    for r in results:
-        r["openvino_fp32_ms"] = []
-    for _ in range(rounds):
-        for r in results:
-            r["openvino_fp32_ms"].append(measure(artifacts[id(r)], "openvino", imgsz, config, [])["inference"]["p50_ms"])
-    for r in results:
-        r["openvino_fp32_ms"] = round(min(r["openvino_fp32_ms"]), 2)
+            onnx_path = yolo.export_onnx(yolo.load_model(r["checkpoint"]), imgsz, folder, "model")
+            TARGETS["x86"].convert(onnx_path, folder, "model")
+        artifacts[str(i)] = (ir, "openvino")
+    timing = time_interleaved(artifacts, runs=200, imgsz=imgsz)
+    for i, r in enumerate(results):
+        r["openvino_fp32_ms"] = timing[str(i)]["p50_ms"]
 
 
 def report(results: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     bases = {r["model"]: r for r in results if r["recipe"] == "unpruned"}
     lines = ["| model | recipe | FLOPs target | GFLOPs | params | mAP50-95 pruned (no FT) | mAP50 | mAP50-95 | "
              "points lost | OpenVINO FP32 p50 ms | latency cut / FLOPs cut |", "|" + "---|" * 11]
@@ -263,8 +256,7 @@ def report(results: list[dict], out: Path) -> None:
         ax.set_ylabel("mAP50-95 (val)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "pareto.png", dpi=120)
+    save(fig, out / "pareto.png")
 
 
 def _number(text: str) -> float | int | bool | str:
@@ -281,7 +273,8 @@ def _number(text: str) -> float | int | bool | str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", default=DEFAULT_POINTS, help="name:flops,... (checkpoints in shared/models)")
-    parser.add_argument("--recipes", default="tp-example,edgecompress")
+    parser.add_argument("--recipes", default="tp-example,ec-taylor-sensitivity",
+                        help=f"comma-separated, of: best, {', '.join(RECIPES)}")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--out", type=Path, default=Path("bench/results/prune_sweep"))

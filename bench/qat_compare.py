@@ -23,11 +23,13 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model  # noqa: E402  (first: no label caches)
-from edgecompress.pipeline.quantize import QATConfig, QuantConfig, qat_export, qat_train, quantize  # noqa: E402
+from common import SHARED, evaluator, time_interleaved  # noqa: E402
+
+from edgecompress.quantize.config import QATConfig, QuantConfig  # noqa: E402
+from edgecompress.quantize.ptq import quantize  # noqa: E402
+from edgecompress.quantize.qat import qat_export, qat_train  # noqa: E402
 from edgecompress.targets import TARGETS  # noqa: E402
-from edgecompress.targets.runtimes import convert_onnx  # noqa: E402
-from common import SHARED, time_alternating  # noqa: E402
+from edgecompress.yolo.model import export_onnx, load_model  # noqa: E402
 
 SCHEMES = {"jetson": "jetson-orin-nano", "onnx": "onnx", "x86_nncf": "x86", "x86_qdq": "x86"}
 IMGSZ = 640
@@ -35,7 +37,7 @@ IMGSZ = 640
 
 def for_scheme(config: QuantConfig, scheme: str) -> QuantConfig:
     """x86 rows name their quantizer (x86_nncf, x86_qdq)."""
-    return replace(config, openvino_quantizer=scheme.removeprefix("x86_")) if scheme.startswith("x86_") else config
+    return replace(config, quantizer=scheme.removeprefix("x86_")) if scheme.startswith("x86_") else config
 
 
 def runtime(key: str) -> str:
@@ -62,16 +64,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/qat_compare"))
     args = parser.parse_args()
     schemes = [s for name in args.schemes.split(",") for s in SCHEMES if s == name or s.startswith(f"{name}_")]
-    data = str(SHARED / "datasets" / args.data / "data.yaml")
+    evaluate = evaluator(SHARED / "datasets" / args.data / "data.yaml", IMGSZ)
     folder = args.out / args.model
     folder.mkdir(parents=True, exist_ok=True)
     saved = folder / "results.json"
     rows: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
     model = load_model(SHARED / "models" / f"{args.model}.pt")
-    onnx_fp32, metadata = export_onnx(model, IMGSZ, folder, args.model)
+    onnx_fp32 = export_onnx(model, IMGSZ, folder, args.model)
+    ir = TARGETS["x86"].convert(onnx_fp32, folder, args.model)
 
     def map_of(artifact: Path) -> float:
-        return evaluate(artifact, data, IMGSZ, "val", 0.001, 0.7, "cpu", folder / "val")["map50_95"]
+        return evaluate(artifact, folder / "val")["map50_95"]
 
     def record(key: str, artifact: Path, info: dict | None = None) -> None:
         rows[key] = {"artifact": str(artifact), "map50_95": map_of(artifact), "info": info or {}}
@@ -81,8 +84,7 @@ def main() -> None:
     if "fp32" not in rows:
         record("fp32", onnx_fp32)
     if any(s.startswith("x86") for s in schemes) and "fp32_openvino" not in rows:
-        convert_onnx("openvino", onnx_fp32, folder / f"{args.model}_openvino_model", metadata)
-        record("fp32_openvino", folder / f"{args.model}_openvino_model")
+        record("fp32_openvino", ir)
     # QAT first: the longest and least certain part of the run
     config = QuantConfig("qat", qat=QATConfig(epochs=args.epochs, lr0=args.lr0, nbs=args.nbs,
                                                  freeze_bn=args.freeze_bn, distill=args.distill))
@@ -91,23 +93,24 @@ def main() -> None:
     run = (f"qat_e{args.epochs}_lr{args.lr0:g}_nbs{args.nbs}" + ("_freeze_bn" if args.freeze_bn else "")
            + (f"_distill{args.distill:g}" if args.distill else ""))
     if not all(f"{run}_{scheme}" in rows for scheme in schemes):
-        trained, trained_info = qat_train(model, config, data, IMGSZ, "cpu", folder / run)
+        trained, trained_info = qat_train(model, config, evaluate, folder / run)
         rows[f"{run}_train_{args.schemes}"] = trained_info  # one training per --schemes run
         for scheme in schemes:
-            artifact, info = qat_export(trained, for_scheme(config, scheme), TARGETS[SCHEMES[scheme]], data, IMGSZ,
+            artifact, info = qat_export(trained, for_scheme(config, scheme), TARGETS[SCHEMES[scheme]], evaluate,
                                         folder / f"{run}_{scheme}")
             record(f"{run}_{scheme}", artifact, info)
     ptq = QuantConfig("ptq", max_float_layers=0)
     for scheme in schemes:
         if f"ptq_{scheme}" not in rows:
-            artifact, info = quantize(onnx_fp32, for_scheme(ptq, scheme), TARGETS[SCHEMES[scheme]], data, IMGSZ,
-                                      folder / f"ptq_{scheme}", map_of, rows[fp32_row(scheme)]["map50_95"])
+            fp32 = ir if runtime(scheme) == "openvino" else onnx_fp32
+            artifact, info = quantize(onnx_fp32, fp32, for_scheme(ptq, scheme), TARGETS[SCHEMES[scheme]], evaluate,
+                                      folder / f"ptq_{scheme}", rows[fp32_row(scheme)]["map50_95"])
             record(f"ptq_{scheme}", artifact, {k: info[k] for k in ("scheme", "calibration_images", "timings")})
     # this run's rows, timed side by side with the baselines (FP32, PTQ); earlier rows keep their own run's timings
     fp32_rows = ["fp32", *(["fp32_openvino"] if "fp32_openvino" in rows else [])]
     timed = [*fp32_rows, *(f"ptq_{scheme}" for scheme in schemes), *(f"{run}_{scheme}" for scheme in schemes)]
     artifacts = {key: (Path(rows[key]["artifact"]), runtime(key)) for key in timed}
-    for key, timing in time_alternating(artifacts, runs=30).items():
+    for key, timing in time_interleaved(artifacts).items():
         rows[key]["latency_ms"] = timing["p50_ms"]
     rows["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
     saved.write_text(json.dumps(rows, indent=1))

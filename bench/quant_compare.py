@@ -1,12 +1,14 @@
-"""INT8 side by side with Ultralytics' own int8 exports: mAP50-95 in each artifact's runtime and batch-1 latency.
+"""INT8 side by side with Ultralytics' own int8 exports: mAP50-95 of each artifact in its runtime, and latency.
 
     YOLO_OFFLINE=1 nice -n 10 .venv/bin/python bench/quant_compare.py [--models yolov8n-bccd ...]
-        [--targets onnx x86 jetson] [--x86 nncf qdq auto] [--pruned PT] [--out runs/quant_compare]
+        [--targets onnx x86 jetson] [--quantizers nncf qdq auto] [--pruned PT] [--out bench/results/quant_compare]
 
-Writes <out>/results.json and prints a Markdown table for BENCHMARKS.md. Latency: median of timed runs after
-warm-up, through edgecompress.targets.runtimes (the runtime's default threads), on a constant 640x640 input.
-`--targets x86` measures only the OpenVINO rows (ours and Ultralytics'); `--x86` picks our x86 quantizers
-(`quant.openvino_quantizer`), each a row `ours_x86_<quantizer>`.
+Our rows are the pipeline's own runs (`compress --target T`, one output folder per model, so the stages targets
+share are made once): the FP32 stage in the target's runtime and the INT8 stage, each with the issue's accuracy
+goal as the fallback's budget. x86 runs once per quantizer (`quant.quantizer`), a row `ours_x86_<quantizer>`;
+jetson's QDQ ONNX is evaluated in onnxruntime on the CPU (its accuracy proxy). At the end every artifact is timed
+interleaved in this process (edgecompress.device.timing), so each ratio is measured side by side.
+Writes <out>/results.json (rows of an interrupted run are kept and not re-measured) and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -18,29 +20,26 @@ import platform
 import shutil
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
+from common import MODELS, data_path, evaluator, model_path, time_interleaved
 
-from edgecompress.pipeline.quantize import QuantConfig, quantize  # noqa: E402
-from edgecompress.pipeline.yolo import evaluate, export_onnx, load_model  # noqa: E402
-from edgecompress.targets import TARGETS  # noqa: E402
-from edgecompress.targets.runtimes import convert_onnx  # noqa: E402
-from common import SHARED, time_alternating  # noqa: E402
+from edgecompress.api import compress
 
-MODELS = {"yolov8n-bccd": "bccd", "yolo11n-bccd": "bccd", "yolov8n-raccoon": "raccoon"}
 TARGETS_COMPARED = ("onnx", "x86", "jetson")
+BUDGETS = {"onnx": 0.5, "x86": 0.5, "jetson": 0.7}  # points of mAP50-95 against FP32 (the issues' goals)
 # Ultralytics' exports: row -> (format, quantize, the target whose rows it is compared with)
 ULTRALYTICS = {"ul_ov_fp32": ("openvino", None, "x86"), "ul_ov_int8": ("openvino", 8, "x86"),
                "ul_onnx_int8": ("onnx", 8, "onnx")}
+QUICK_BENCH = {"warmup": 1, "runs": 3, "max_seconds": 5.0}  # the pipeline's own timing: the closing one counts
 
 
 def shown(info: dict) -> dict:
-    """The part of quantize()'s info that a results row keeps."""
-    keys = ("method", "scheme", "calibration_images", "float_layers", "fallback_steps", "openvino_quantizer",
-            "timings")
+    """The part of a quantize stage's info that a results row keeps."""
+    keys = ("quantizer", "method", "scheme", "calibration_images", "float_layers", "fallback_steps",
+            "quantizer_choice", "timings")
     return {k: info[k] for k in keys if k in info}
 
 
-def ultralytics_exports(pt: Path, data: str, folder: Path, keys: list[str]) -> dict[str, Path]:
+def ultralytics_exports(pt: Path, data: Path, folder: Path, keys: list[str]) -> dict[str, Path]:
     """Ultralytics' own FP32/INT8 exports `keys` (of ULTRALYTICS: onnxruntime quantize_static and NNCF),
     beside a copy of the .pt."""
     from ultralytics import YOLO
@@ -51,7 +50,7 @@ def ultralytics_exports(pt: Path, data: str, folder: Path, keys: list[str]) -> d
     out = {}
     for key in keys:
         fmt, q, _ = ULTRALYTICS[key]
-        args = {"format": fmt, "imgsz": 640, "batch": 1, "device": "cpu", "data": data}
+        args = {"format": fmt, "imgsz": 640, "batch": 1, "device": "cpu", "data": str(data)}
         if q:
             args["quantize"] = q
         out[key] = Path(YOLO(str(local)).export(**args))
@@ -62,92 +61,80 @@ def ultralytics_exports(pt: Path, data: str, folder: Path, keys: list[str]) -> d
     return out
 
 
-def run(name: str, out: Path, targets: list[str], x86: list[str], pruned: Path | None = None) -> dict:
-    data = str(SHARED / "datasets" / MODELS[name] / "data.yaml")
+def run(name: str, out: Path, targets: list[str], quantizers: list[str], pruned: Path | None = None) -> dict:
+    data = data_path(name)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    onnx_fp32, metadata = export_onnx(load_model(SHARED / "models" / f"{name}.pt").float().eval(), 640, folder, name)
-
-    def map_of(artifact: Path) -> float:
-        return evaluate(artifact, data, 640, "val", 0.001, 0.7, "cpu", folder / "val")["map50_95"]
-
-    saved = folder / "results.json"  # rows measured by an earlier, interrupted run are kept, not re-measured
+    saved = folder / "results.json"
     rows: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
 
-    def record(key: str, runtime: str, artifact: Path, extra: dict | None = None) -> None:
-        rows[key] = {"runtime": runtime, "artifact": str(artifact), "map50_95": map_of(artifact), **(extra or {})}
-        print(name, key, rows[key], flush=True)
-        (folder / "results.json").write_text(json.dumps(rows, indent=1))
+    def record(key: str, row: dict) -> None:
+        rows[key] = row
+        print(name, key, {k: row[k] for k in ("runtime", "map50_95")}, flush=True)
+        saved.write_text(json.dumps(rows, indent=1))
 
-    onnxruntime = bool({"onnx", "jetson"} & set(targets))  # jetson's accuracy proxy runs in onnxruntime
-    if onnxruntime and "ort_fp32" not in rows:
-        record("ort_fp32", "onnxruntime", onnx_fp32)
-    if "x86" in targets and "ov_fp32" not in rows:
-        ov_fp32 = folder / f"{name}_openvino_model"
-        convert_onnx("openvino", onnx_fp32, ov_fp32, metadata)
-        record("ov_fp32", "openvino", ov_fp32)
+    def pipeline(key: str, checkpoint: Path, target: str, fp32_key: str, **quant: object) -> None:
+        report = compress(checkpoint, data, target=target, out=folder / f"run-{checkpoint.stem}",
+                          quant={"max_map_drop": BUDGETS[target], **quant}, bench=QUICK_BENCH)
+        fp32, int8 = report.stages[-2], report.stages[-1]
+        if fp32_key not in rows:
+            record(fp32_key, {"runtime": fp32["runtime"], "artifact": fp32["artifact"],
+                              "map50_95": fp32["accuracy"]["map50_95"]})
+        record(key, {"runtime": int8["runtime"], "artifact": int8["artifact"], "map50_95": int8["accuracy"]["map50_95"],
+                     "fp32": fp32_key, "info": shown(int8["info"])})
+
+    ours = [(f"ours_{t}", t, {}) for t in targets if t != "x86"]
+    ours += [(f"ours_x86_{q}", "x86", {"quantizer": q}) for q in quantizers if "x86" in targets]
+    for key, target, quant in ours:
+        if key not in rows:
+            pipeline(key, model_path(name), target, "ov_fp32" if target == "x86" else "ort_fp32", **quant)
+    if pruned and "x86" in targets and "pruned_x86_int8" not in rows:  # prune + INT8, against the unpruned rows
+        pipeline("pruned_x86_int8", pruned, "x86", "pruned_ov_fp32")
     missing = [key for key, (_, _, target) in ULTRALYTICS.items() if target in targets and key not in rows]
-    for key, path in ultralytics_exports(SHARED / "models" / f"{name}.pt", data, folder, missing).items():
-        record(key, "onnxruntime" if key == "ul_onnx_int8" else "openvino", path)
-    ours = [  # each with the issue's accuracy goal as its fallback budget (points of mAP50-95 against FP32)
-        ("ours_onnx", "onnx", QuantConfig("ptq", max_map_drop=0.5)),
-        *[(f"ours_x86_{q}", "x86", QuantConfig("ptq", openvino_quantizer=q, max_map_drop=0.5)) for q in x86],
-        ("ours_jetson_proxy", "jetson", QuantConfig("ptq", max_map_drop=0.7)),
-    ]
-    for key, target, config in ours:
-        if key in rows or target not in targets:
-            continue
-        t = TARGETS[target] if target in TARGETS else TARGETS["jetson-orin-nano"]
-        runtime = "onnxruntime" if t.runtime == "tensorrt" else t.runtime  # jetson: accuracy proxy on the CPU
-        baseline = rows[{"openvino": "ov_fp32", "onnxruntime": "ort_fp32"}[runtime]]["map50_95"]
-        artifact, info = quantize(onnx_fp32, config, t, data, 640, folder / key, map_of, baseline)
-        record(key, runtime, artifact, {"info": shown(info)})
-    if pruned and "x86" in targets and "pruned_ov_fp32" not in rows:  # prune + INT8, against the unpruned rows
-        (folder / "pruned").mkdir(exist_ok=True)
-        pruned_onnx, pruned_meta = export_onnx(load_model(pruned).float().eval(), 640, folder / "pruned", "pruned")
-        convert_onnx("openvino", pruned_onnx, folder / "pruned" / "pruned_openvino_model", pruned_meta)
-        record("pruned_ov_fp32", "openvino", folder / "pruned" / "pruned_openvino_model", {"checkpoint": str(pruned)})
-        artifact, info = quantize(pruned_onnx, QuantConfig("ptq", max_map_drop=0.5), TARGETS["x86"], data, 640,
-                                  folder / "pruned_x86", map_of, rows["pruned_ov_fp32"]["map50_95"])
-        record("pruned_x86_int8", "openvino", artifact, {"info": shown(info)})
-    # all artifacts timed at the end, taking turns, so that each ratio is measured side by side (rows an
-    # earlier run kept for other targets too)
-    timing = time_alternating({key: (Path(row["artifact"]), row["runtime"]) for key, row in rows.items()}, runs=50)
+    evaluate = evaluator(data)
+    for key, path in ultralytics_exports(model_path(name), data, folder, missing).items():
+        runtime = "onnxruntime" if key == "ul_onnx_int8" else "openvino"
+        record(key, {"runtime": runtime, "artifact": str(path),
+                     "map50_95": evaluate(path, folder / "val")["map50_95"],
+                     "fp32": "ov_fp32" if runtime == "openvino" else "ort_fp32"})
+    # all artifacts timed at the end, taking turns at every inference, so that each ratio is measured side by side
+    timing = time_interleaved({key: (Path(row["artifact"]), row["runtime"]) for key, row in rows.items()})
     for key, row in rows.items():
         row["latency_ms"] = timing[key]["p50_ms"]
-    (folder / "results.json").write_text(json.dumps(rows, indent=1))
+    saved.write_text(json.dumps(rows, indent=1))
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--targets", nargs="+", choices=TARGETS_COMPARED, default=list(TARGETS_COMPARED),
                         help="the targets whose rows to measure (x86: the OpenVINO rows)")
-    parser.add_argument("--x86", nargs="+", choices=["nncf", "qdq", "auto"], default=["nncf", "qdq", "auto"],
-                        help="our x86 quantizers (quant.openvino_quantizer), a row each")
+    parser.add_argument("--quantizers", nargs="+", choices=["nncf", "qdq", "auto"], default=["nncf", "qdq", "auto"],
+                        help="our x86 quantizers (quant.quantizer), a row each")
     parser.add_argument("--pruned", type=Path, help="also a pruned checkpoint of the first --models, as FP32 and "
                         "x86 INT8 rows (pruned_*) timed with the rest")
-    parser.add_argument("--out", type=Path, default=Path("runs/quant_compare"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/quant_compare"))
     args = parser.parse_args()
     machine = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
     results = {"machine": machine, "models": {}}
     for name in args.models:
-        results["models"][name] = run(name, args.out, args.targets, args.x86,
-                                      args.pruned if name == args.models[0] else None)
+        results["models"][name] = run(name, args.out.resolve(), args.targets, args.quantizers,
+                                      args.pruned.resolve() if args.pruned and name == args.models[0] else None)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
     for name, rows in results["models"].items():
         print(f"\n### {name}\n\n| artifact | runtime | mAP50-95 | Δ vs FP32 (points) | latency ms "
               f"| speed-up vs FP32 | time / Ultralytics INT8's |")
         print("|---|---|---|---|---|---|---|")
         for key, row in rows.items():
-            base = rows["ov_fp32" if row["runtime"] == "openvino" else "ort_fp32"]
+            base = rows.get(row.get("fp32", key), row)
             ul = rows.get("ul_ov_int8" if row["runtime"] == "openvino" else "ul_onnx_int8")
             vs_ul = f"{row['latency_ms'] / ul['latency_ms']:.2f}x" if ul else "—"
-            print(f"| {key} | {row['runtime']} | {row['map50_95']:.4f} | {100 * (row['map50_95'] - base['map50_95']):+.2f}"
-                  f" | {row['latency_ms']:.1f} | {base['latency_ms'] / row['latency_ms']:.2f}x | {vs_ul} |")
+            print(f"| {key} | {row['runtime']} | {row['map50_95']:.4f} "
+                  f"| {100 * (row['map50_95'] - base['map50_95']):+.2f} | {row['latency_ms']:.1f} "
+                  f"| {base['latency_ms'] / row['latency_ms']:.2f}x | {vs_ul} |")
         for key, row in rows.items():
-            if choice := row.get("info", {}).get("openvino_quantizer"):
+            if choice := row.get("info", {}).get("quantizer_choice"):
                 print(f"\n{key}: {choice['reason']}")
 
 

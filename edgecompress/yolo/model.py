@@ -197,6 +197,7 @@ class Evaluator:
 def export(model: DetectionModel, fmt: str, imgsz: int, folder: Path, stem: str, **options: Any) -> Path:
     """Ultralytics' own exporter on `model` as it is (a pruned module keeps its widths: nothing is rebuilt from
     a yaml): batch 1, static shape, on the CPU, written into `folder`. Returns the exported file or folder."""
+    folder.mkdir(parents=True, exist_ok=True)
     model.pt_path = str(folder / f"{stem}.pt")  # Ultralytics writes the export beside pt_path: keep it in `folder`
     exporter = Exporter(overrides={"format": fmt, "imgsz": imgsz, "batch": 1, "dynamic": False, "device": "cpu",
                                    "verbose": False, **options})

@@ -98,6 +98,7 @@ class KeepModelTrainer(DetectionTrainer):
 
     def setup_model(self):
         ckpt = super().setup_model()
+        self.set_model_attributes()  # the student's own args (its loss reads them), before anything wraps it
         if self.qat_batches:
             loader = self.get_dataloader(self.data["train"], batch_size=self.batch_size, rank=-1, mode="train")
             self.model = self.model.to(self.device)  # calibration batches are moved there
