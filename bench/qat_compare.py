@@ -115,7 +115,7 @@ def main() -> None:
     rows["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}"
     saved.write_text(json.dumps(rows, indent=1))
 
-    print(f"\n| artifact | mAP50-95 | vs FP32 in its runtime (points) | latency ms |\n|---|---|---|---|")
+    print("\n| artifact | mAP50-95 | vs FP32 in its runtime (points) | latency ms |\n|---|---|---|---|")
     for key, row in rows.items():
         if isinstance(row, dict) and "map50_95" in row:
             base = rows[fp32_row(key)]

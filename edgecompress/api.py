@@ -3,13 +3,16 @@
     from edgecompress import compress
     report = compress("best.pt", "data.yaml", target="x86", prune={"flops": 0.35}, out="out/x86")
     report.final, report.passed, report.stage("openvino-int8")["accuracy"]["map50_95"]
+
+It prints nothing: wrap the call in `edgecompress.progress.reporting(sink)` to follow its progress (a sink has
+`emit(event)`; `progress.Lines(sys.stderr)` prints what the command prints on a log).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgecompress.recipe import Recipe
 
@@ -45,7 +48,7 @@ class Report:
 
 def compress(model: str | Path | None = None, data: str | Path | None = None, *, recipe: Recipe | str | Path |
              None = None, out: str | Path = "compress-out", trust_checkpoint: bool = False,
-             log: Callable[[str], None] | None = None, **settings: Any) -> Report:
+             **settings: Any) -> Report:
     """Run the pipeline as `compress` does and return its report. `recipe` is a Recipe or a recipe file; `settings`
     are recipe keys laid over it: top-level values (`target="x86"`, `imgsz=512`) or sections as dicts whose keys
     replace the section's (`prune={"flops": 0.35}`). With neither model nor data, the embedded demo runs."""
@@ -57,6 +60,5 @@ def compress(model: str | Path | None = None, data: str | Path | None = None, *,
                        **({"data": str(Path(data).resolve())} if data else {})}.items():
         fields[key] = {**fields[key], **value} if isinstance(value, dict) and isinstance(fields.get(key), dict) \
             else value
-    result = Runner(Recipe.from_dict(fields), Path(out), log=log or (lambda _: None),
-                    trust_checkpoint=trust_checkpoint).run()
+    result = Runner(Recipe.from_dict(fields), Path(out), trust_checkpoint=trust_checkpoint).run()
     return Report(result, Path(out).resolve())

@@ -10,7 +10,7 @@ Exit status: 0 when every gate holds, 1 when a gate fails, 2 on bad input, 3 on 
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import sys
 import traceback
 from pathlib import Path
@@ -59,7 +59,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle the checkpoint fully (it can run code): only for a file whose origin you trust; "
                         "by default only the classes an Ultralytics detection checkpoint needs are allowed")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and Ultralytics' own log")
+    p.add_argument("--json-progress", metavar="FILE", help="also write every progress event as one JSON object a line "
+                   "to FILE ('-': standard error), for CI systems and notebooks")
+    p.add_argument("--verbose", action="store_true", help="show the third-party log on the screen too (it always goes "
+                   "to OUT/compress.log)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks, and the third-party log as --verbose does")
     p.add_argument("--version", action="version", version=f"edgecompress {__version__}")
     return p
 
@@ -82,21 +86,27 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ultralytics  # noqa: F401  (it sets its own log level on import; ours must come after)
-
+    from edgecompress import progress
     from edgecompress.pipeline.runner import Runner
 
-    if not args.debug:
-        logging.getLogger("ultralytics").setLevel(logging.WARNING)
     recipe = recipe_from_args(args)
-    report = Runner(recipe, Path(args.out), log=lambda m: print(f"compress: {m}", file=sys.stderr),
-                    trust_checkpoint=args.trust_checkpoint).run()
+    screen = progress.Terminal(sys.stderr) if sys.stderr.isatty() else progress.Lines(sys.stderr)
+    sinks: list[progress.Sink] = [screen]
+    with contextlib.ExitStack() as stack:
+        if args.json_progress:
+            stream = sys.stderr if args.json_progress == "-" else stack.enter_context(open(args.json_progress, "w"))
+            sinks.append(progress.JsonLines(stream))
+        with progress.reporting(*sinks):
+            report = Runner(recipe, Path(args.out), trust_checkpoint=args.trust_checkpoint,
+                            echo=sys.stderr if args.verbose or args.debug else None).run()
     out = Path(args.out)
-    print(f"\nreport: {out / 'report.md'} (and report.json); artifact: {out / report['final']['artifact']}")
+    base = report["stages"][0]["accuracy"]["map50_95"]
+    print(f"\nreport: {out / 'report.md'} (and report.json, compress.log); artifact: "
+          f"{out / report['final']['artifact']}")
     for s in report["stages"]:
         acc, inf = s["accuracy"], s["benchmark"]["inference"]
-        print(f"  {s['name']:<18} mAP50-95 {acc['map50_95']:.3f}  p50 {inf['p50_ms']:7.1f} ms  "
-              f"{s['benchmark']['file_mb']:6.1f} MB")
+        print(f"  {s['name']:<18} mAP50-95 {acc['map50_95']:.3f} ({100 * (acc['map50_95'] - base):+.2f})  "
+              f"p50 {inf['p50_ms']:7.1f} ms  {s['benchmark']['file_mb']:6.1f} MB")
     failed = [g for g in report["gates"] if not g["passed"]]
     for g in failed:
         print(f"gate failed: {g['gate']} = {g['value']} (limit {g['limit']})", file=sys.stderr)
@@ -199,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except UserError as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"compress: error: {e}", file=sys.stderr)
         return e.exit_code

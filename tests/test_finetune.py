@@ -34,7 +34,8 @@ def pruned_and_tuned(demo, tmp_path_factory):
     work = tmp_path_factory.mktemp("ft")
     base = yolo.load_model(demo[0])
     pruned, _ = prune(base, PruneConfig(flops=0.5), evaluator(demo[1], IMGSZ), work / "prune")
-    tuned, info = finetune(pruned, FinetuneConfig(epochs=1, workers=0), evaluator(demo[1], IMGSZ), work / "finetune", reference=base)
+    tuned, info = finetune(pruned, FinetuneConfig(epochs=1, workers=0), evaluator(demo[1], IMGSZ), work / "finetune",
+                           reference=base)
     return base, pruned, tuned, info, work
 
 
@@ -56,7 +57,8 @@ def test_auto_schedule_recovers_a_pruned_model(pruned_and_tuned):
 def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(demo, tmp_path):
     model = yolo.load_model(demo[0])
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
-    tuned, info = finetune(model, FinetuneConfig(epochs=1, batch=8, workers=0), evaluator(demo[1], IMGSZ), tmp_path, reference=model)
+    tuned, info = finetune(model, FinetuneConfig(epochs=1, batch=8, workers=0), evaluator(demo[1], IMGSZ), tmp_path,
+                           reference=model)
     assert info["schedule"]["name"] == "preserve" and info["schedule"]["auto"]["points_below"] == 0
     after = tuned.state_dict()
     assert all(torch.equal(v, after[k].to(v.dtype)) for k, v in stats.items())
@@ -105,9 +107,11 @@ def test_pruned_model_exports_and_evaluates_with_the_pipeline(pruned_and_tuned, 
 
 def test_distillation_and_group_sparse_training_run(demo, tmp_path):
     base = yolo.load_model(demo[0])
-    pruned, info = prune(base, PruneConfig(ratio=0.2, criterion="group_norm", sparse_epochs=1), evaluator(demo[1], IMGSZ), tmp_path / "prune")
+    pruned, info = prune(base, PruneConfig(ratio=0.2, criterion="group_norm", sparse_epochs=1),
+                         evaluator(demo[1], IMGSZ), tmp_path / "prune")
     assert info["sparse_training"]["epochs_log"]
-    tuned, ft = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0, distill=1.0), evaluator(demo[1], IMGSZ), tmp_path / "ft", reference=base)
+    tuned, ft = finetune(pruned, FinetuneConfig(epochs=1, batch=8, workers=0, distill=1.0), evaluator(demo[1], IMGSZ),
+                         tmp_path / "ft", reference=base)
     assert widths(tuned) == widths(pruned)
     assert ft["epochs_log"][0]["train/dis_loss"] > 0
     assert all(type(m).__module__.startswith(("torch.nn.", "ultralytics.nn.")) for m in tuned.modules())

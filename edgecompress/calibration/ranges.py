@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgecompress import progress
 from edgecompress.config import Registry
 
 if TYPE_CHECKING:
@@ -187,25 +188,30 @@ def collect(model: Path, inputs: Collection[np.ndarray], histograms: bool = True
     input_name = session.get_inputs()[0].name
     wanted = [n for n in names if n != input_name]
 
+    passes = 2 if histograms else 1
+
     def values() -> Iterable[dict[str, np.ndarray]]:
         for x in inputs:
             yield dict(zip(wanted, session.run(wanted, {input_name: x}))) | {input_name: x}
+            images_done.advance()
 
     low = dict.fromkeys(names, np.inf)
     high = dict.fromkeys(names, -np.inf)
     images = 0
-    for tensors in values():
-        images += 1
-        for name, value in tensors.items():
-            low[name] = min(low[name], float(value.min()))
-            high[name] = max(high[name], float(value.max()))
-    stats = {n: TensorStats(low[n], high[n], None) for n in names}
-    if histograms:
-        hists = {n: np.zeros(HISTOGRAM_BINS, np.int64) for n in names}
+    with progress.task("calibration", total=passes * len(inputs), unit="image") as images_done:
         for tensors in values():
+            images += 1
             for name, value in tensors.items():
-                hists[name] += np.histogram(value, bins=HISTOGRAM_BINS, range=(-stats[name].top, stats[name].top))[0]
-        stats = {n: dataclasses.replace(s, hist=hists[n]) for n, s in stats.items()}
+                low[name] = min(low[name], float(value.min()))
+                high[name] = max(high[name], float(value.max()))
+        stats = {n: TensorStats(low[n], high[n], None) for n in names}
+        if histograms:
+            hists = {n: np.zeros(HISTOGRAM_BINS, np.int64) for n in names}
+            for tensors in values():
+                for name, value in tensors.items():
+                    hists[name] += np.histogram(value, bins=HISTOGRAM_BINS,
+                                                range=(-stats[name].top, stats[name].top))[0]
+            stats = {n: dataclasses.replace(s, hist=hists[n]) for n, s in stats.items()}
     return Statistics(images, stats)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 import edgecompress.device  # noqa: F401  (registers every runtime)
-from edgecompress import __version__
+from edgecompress import __version__, progress
 from edgecompress.config import to_dict
 from edgecompress.device.host import device_name, host_info, peak_rss_mb, rss_mb
 from edgecompress.device.images import dataset_images, read_images, to_input
@@ -52,7 +52,8 @@ def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig
                         f"bench it at imgsz {static}")
     imgsz = imgsz or static or default_imgsz
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    inference = summarize(timed(lambda _: infer(x), config))
+    with progress.task("timing inference", total=config.runs, unit="run") as runs:
+        inference = summarize(timed(lambda _: infer(x), config, runs.advance))
     device_mb = [session.device_memory_mb()] if session.device_memory_mb else []
     decoded, broken = read_images(images)
     if broken:
@@ -65,7 +66,10 @@ def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig
     def end_to_end(i: int) -> None:
         postprocess(infer(to_input(decoded[i % len(decoded)], imgsz))[0])
 
-    e2e = summarize(timed(end_to_end, config)) if decoded else None
+    e2e = None
+    if decoded:
+        with progress.task("timing end to end", total=config.runs, unit="run") as runs:
+            e2e = summarize(timed(end_to_end, config, runs.advance))
     memory = {"peak_rss_mb": round(peak_rss_mb(), 1), "session_rss_mb": round(rss_mb() - rss_before, 1)}
     if session.device_memory_mb:  # sampled between the timed phases, not inside them, so timing stays clean
         memory["peak_gpu_mb"] = round(max(device_mb + [session.device_memory_mb()]), 1)
@@ -89,17 +93,22 @@ def measure_isolated(artifact: Path, runtime: str, imgsz: int | None, config: Be
     spec = {"artifact": str(artifact), "runtime": runtime, "imgsz": imgsz, "config": to_dict(config),
             "images": [str(p) for p in images]}
     (workdir / "spec.json").write_text(json.dumps(spec, indent=2))
-    proc = subprocess.run([sys.executable, "-m", "edgecompress.device.bench", str(workdir / "spec.json"),
-                           str(workdir / "bench.json")], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-    if proc.returncode:
-        lines = proc.stderr.strip().splitlines()
-        if proc.returncode == UserError.exit_code and lines:  # bad input the worker named: pass its line on
-            raise UserError(lines[-1].removeprefix("error: "))
-        raise RuntimeError(f"benchmark of {artifact} failed:\n{proc.stderr[-3000:]}")
-    for line in proc.stderr.splitlines():  # the worker's warnings (skipped images) belong to the run's log
-        if line.startswith("warning: "):
-            LOG.warning(line.removeprefix("warning: "))
+    proc = subprocess.Popen([sys.executable, "-m", "edgecompress.device.bench", str(workdir / "spec.json"),
+                             str(workdir / "bench.json")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
+    errors = []
+    for line in proc.stderr:  # the worker's progress events, warnings (skipped images) and errors, as they come
+        if line.startswith("{"):
+            progress.emit({k: v for k, v in json.loads(line).items() if k not in ("time", "stage")})
+        elif line.startswith("warning: "):
+            LOG.warning(line.removeprefix("warning: ").rstrip())
+        else:
+            errors.append(line)
+    if proc.wait():
+        text = "".join(errors)
+        if proc.returncode == UserError.exit_code and errors:  # bad input the worker named: pass its line on
+            raise UserError(errors[-1].removeprefix("error: ").rstrip())
+        raise RuntimeError(f"benchmark of {artifact} failed:\n{text[-3000:]}")
     return json.loads((workdir / "bench.json").read_text())
 
 
@@ -174,8 +183,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)
     spec = json.loads(Path(argv[0]).read_text())
     try:
-        result = measure(Path(spec["artifact"]), spec["runtime"], spec["imgsz"], BenchConfig(**spec["config"]),
-                         [Path(p) for p in spec["images"]])
+        with progress.reporting(progress.JsonLines(sys.stderr)):  # read back by measure_isolated
+            result = measure(Path(spec["artifact"]), spec["runtime"], spec["imgsz"], BenchConfig(**spec["config"]),
+                             [Path(p) for p in spec["images"]])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

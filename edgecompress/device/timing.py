@@ -27,16 +27,20 @@ class BenchConfig:
         require(self.threads >= 0, f"bench.threads must be >= 0 (0 = runtime default), got {self.threads}")
 
 
-def timed(step: Callable[[int], object], config: BenchConfig) -> list[float]:
-    """Milliseconds of each timed call of `step(i)`, after `config.warmup` untimed calls."""
+def timed(step: Callable[[int], object], config: BenchConfig, tick: Callable[[int], None] | None = None) -> list[float]:
+    """Milliseconds of each timed call of `step(i)`, after `config.warmup` untimed calls; `tick(n)` after every tenth
+    of the runs (n runs since the last tick)."""
     for i in range(config.warmup):
         step(i)
     times: list[float] = []
+    every = max(1, config.runs // 10)
     deadline = time.perf_counter() + config.max_seconds
     while len(times) < config.runs and time.perf_counter() < deadline:
         start = time.perf_counter()
         step(len(times))
         times.append((time.perf_counter() - start) * 1e3)
+        if tick and (len(times) % every == 0 or len(times) == config.runs):
+            tick(len(times) % every or every)
     return times
 
 

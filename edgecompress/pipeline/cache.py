@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecompress import progress
 from edgecompress.errors import UserError
 from edgecompress.files import write_atomic
 
@@ -83,7 +84,7 @@ class OutputFolder:
     and the next run takes it over; the pid in the file only serves the messages.
     """
 
-    def __init__(self, path: Path, model: Path, log: Callable[[str], None]) -> None:
+    def __init__(self, path: Path, model: Path) -> None:
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / f".write-test-{os.getpid()}"
@@ -109,7 +110,7 @@ class OutputFolder:
                             f"wait for it to finish or choose another --out") from None
         self._lock.seek(0)
         if previous := self._lock.read().strip():
-            log(f"took over the lock left by an ended run (pid {previous})")
+            progress.note(f"took over the lock left by an ended run (pid {previous})")
         self._lock.seek(0)
         self._lock.truncate()
         self._lock.write(str(os.getpid()))

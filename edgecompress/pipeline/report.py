@@ -31,6 +31,7 @@ from edgecompress.recipe import Recipe
 from edgecompress.targets import Target
 
 SCHEMA = "edgecompress.report/1"
+FINETUNE_PLOT = "finetune.png"
 
 
 def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str, dataset: Any,
@@ -66,10 +67,13 @@ def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str,
 
 
 def write(report: dict[str, Any], out: Path) -> None:
-    """report.json, report.png (accuracy against latency) and report.md, each written atomically."""
+    """report.json, report.png (accuracy against latency), finetune.png (when a stage fine-tuned) and report.md,
+    each written atomically."""
     write_atomic(out / "report.json", json.dumps(report, indent=2))
     plot(report["stages"], out / "report.png")
-    write_atomic(out / "report.md", markdown(report, "report.png"))
+    if not plot_finetune(report["stages"], out / FINETUNE_PLOT):
+        (out / FINETUNE_PLOT).unlink(missing_ok=True)
+    write_atomic(out / "report.md", markdown(report, "report.png", out))
 
 
 def plot(stages: list[dict[str, Any]], path: Path) -> None:
@@ -99,68 +103,126 @@ def precision(stage: dict[str, Any]) -> str:
         else stage["precision"]
 
 
-def stage_details(stage: dict[str, Any]) -> list[str]:
-    """Bullet lines on what a compressing stage did, from the info it recorded."""
+def stage_details(stage: dict[str, Any], out: Path) -> list[str]:
+    """What a compressing stage did, from the info it recorded, with its pictures (relative to `out`)."""
     info, name = stage["info"], stage["name"]
+    folder = Path(stage["artifact"]).parent
     if "flops_removed" in info:
-        return [f"- **{name}**: {info['flops_removed'] * 100:.1f}% of the FLOPs removed "
-                f"({info['before']['gflops']:.2f} -> {info['after']['gflops']:.2f} GFLOPs)"
-                + (f"; {info['stopped_early']}" if info.get("stopped_early") else "")]
+        lines = [f"- **{name}**: {info['flops_removed'] * 100:.1f}% of the FLOPs removed "
+                 f"({info['before']['gflops']:.2f} -> {info['after']['gflops']:.2f} GFLOPs, "
+                 f"{info['config']['criterion']} scores, {info['config']['allocation']} allocation)"
+                 + (f"; {info['stopped_early']}" if info.get("stopped_early") else "")]
+        if "sensitivity" in info:
+            lines += ["", f"![pruning sensitivity per group]({_relative(folder / info['sensitivity']['plot'], out)})",
+                      ""]
+        return lines
     if info.get("mode") == "qat":
         return [f"- **{name}**: QAT, {info['epochs']} epochs of fake-quantized fine-tuning, then INT8 with "
                 f"activations {info['scheme']['activations']}, weights {info['scheme']['weights']}; head decode "
                 f"in float"]
     if info.get("mode") == "ptq":
-        floats = ", ".join(f"`{layer['node']}`" for layer in info["float_layers"]) or "none"
-        return [f"- **{name}**: {info['quantizer']} PTQ, ranges {info['scheme']['ranges']}, activations "
-                f"{info['scheme']['activations']}, weights {info['scheme']['weights']}; "
-                f"{-info['drop_points']:+.2f} mAP50-95 points against FP32 in this runtime (budget "
-                f"-{info['budget_points']}); "
-                f"head decode in float; layers kept in float by the fallback: {floats}"
-                + (f"; quantizer {c['reason']}" if (c := info.get("quantizer_choice")) else "")]
+        lines = [f"- **{name}**: {info['quantizer']} PTQ, ranges {info['scheme']['ranges']}, activations "
+                 f"{info['scheme']['activations']}, weights {info['scheme']['weights']}; "
+                 f"{-info['drop_points']:+.2f} mAP50-95 points against FP32 in this runtime (budget "
+                 f"-{info['budget_points']}); head decode in float"
+                 + (f"; quantizer {c['reason']}" if (c := info.get("quantizer_choice")) else "")]
+        if len(info["fallback_steps"]) > 1 or info["float_layers"]:
+            lines += ["", "  | layers kept in float | mAP50-95 | change against FP32 (pts) |", "  |---|---|---|"]
+            lines += [f"  | {step['float_layers']} | {step['map50_95']:.4f} | {-step['drop_points']:+.2f} |"
+                      for step in info["fallback_steps"]]
+            kept = ", ".join(f"`{layer['node']}`" for layer in info["float_layers"]) or "none"
+            lines += ["", f"  Kept in float: {kept}", ""]
+        return lines
     if "epochs_log" in info:
-        return [f"- **{name}**: {info['config']['epochs']} epochs in {info['seconds']:.0f} s"]
+        lines = [f"- **{name}**: {info['config']['epochs']} epochs ({info['schedule']['name']} schedule) in "
+                 f"{info['seconds']:.0f} s"]
+        if (out / FINETUNE_PLOT).is_file():
+            lines += ["", f"![validation mAP50-95 per fine-tuning epoch]({FINETUNE_PLOT})", ""]
+        return lines
     if "trtexec" in info:
         return [f"- **{name}**: TensorRT engine `{info['engine']}`, trtexec command in `{info['trtexec']}`"]
     return []
 
 
-def markdown(report: dict[str, Any], plot_name: str) -> str:
+def plot_finetune(stages: list[dict[str, Any]], path: Path) -> bool:
+    """Validation mAP50-95 per epoch of every fine-tuning stage (against the baseline's); False when none ran."""
+    curves = [(s["name"], s["info"]["epochs_log"]) for s in stages if s["info"].get("epochs_log")]
+    if not curves:
+        return False
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    for name, log in curves:
+        ax.plot([e["epoch"] for e in log], [e["metrics/mAP50-95(B)"] for e in log], marker="o", label=name)
+    ax.axhline(stages[0]["accuracy"]["map50_95"], color="gray", linestyle="--",
+               label="the unpruned checkpoint (report's protocol)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mAP50-95 (the trainer's validation)")
+    ax.set_title("fine-tuning: validation accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, path, dpi=110)
+    return True
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """The report's first line: whether the gates hold."""
+    gates = report["gates"]
+    if not gates:
+        return "**No gates set** (`--max-map-drop`, `--max-latency-ms`)."
+    shown = "; ".join(f"{g['gate']} {g['value']} (limit {g['limit']}): {'pass' if g['passed'] else 'FAIL'}"
+                      for g in gates)
+    return f"**{'All gates pass' if report['passed'] else 'A gate FAILED'}**: {shown}."
+
+
+def markdown(report: dict[str, Any], plot_name: str, out: Path) -> str:
     model, target, host = report["model"], report["target"], report["host"]
-    base = report["stages"][0]["accuracy"]["map50_95"]
+    base, last = report["stages"][0], report["stages"][-1]
+    base_map, base_ms = base["accuracy"]["map50_95"], base["benchmark"]["inference"]["p50_ms"]
+    last_ms = last["benchmark"]["inference"]["p50_ms"]
     lines = [
         f"# edgecompress report: {Path(model['path']).name} for {target['name']}",
+        "",
+        verdict(report),
+        "",
+        f"**Final artifact** `{report['final']['artifact']}` ({last['name']}): mAP50-95 "
+        f"{last['accuracy']['map50_95']:.3f} ({(last['accuracy']['map50_95'] - base_map) * 100:+.2f} points against "
+        f"the checkpoint), inference p50 {last_ms:.1f} ms ({base_ms / last_ms:.2f}x the checkpoint's speed in "
+        f"PyTorch), {last['benchmark']['file_mb']:.1f} MB.",
         "",
         f"- model: `{model['path']}` ({model['architecture']}, classes: {', '.join(model['names'])})",
         f"- data: `{report['data']['path']}`, split `{report['data']['split']}`, {report['data']['images']} images",
         f"- target: {target['name']} ({target['description']})",
         f"- host: {host['cpu']}, {host['cores']} cores, Python {host['python']}",
-        f"- final artifact: `{report['final']['artifact']}` (stage {report['final']['stage']})",
         "",
-        "| stage | runtime | precision | mAP50 | mAP50-95 | drop (pts) | params (M) | GFLOPs | size (MB) "
+        "| stage | runtime | precision | mAP50 | mAP50-95 | change (pts) | params (M) | GFLOPs | size (MB) "
         "| inference p50 / p90 / p99 (ms) | end-to-end p50 (ms) | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["stages"]:
         acc, b = s["accuracy"], s["benchmark"]
         inf, e2e = b["inference"], b["end_to_end"]
+        stored = f" ({s['info']['stored']} weights)" if s["info"].get("stored") else ""
         lines.append(
             f"| {s['name']} | {s['runtime']} | {precision(s)} | {acc['map50']:.3f} | {acc['map50_95']:.3f} "
-            f"| {(base - acc['map50_95']) * 100:+.2f} | {s['parameters'] / 1e6:.2f} | {s['gflops']:.2f} "
-            f"| {b['file_mb']:.1f} | {inf['p50_ms']:.1f} / {inf['p90_ms']:.1f} / {inf['p99_ms']:.1f} "
+            f"| {(acc['map50_95'] - base_map) * 100:+.2f} | {s['parameters'] / 1e6:.2f} | {s['gflops']:.2f} "
+            f"| {b['file_mb']:.1f}{stored} | {inf['p50_ms']:.1f} / {inf['p90_ms']:.1f} / {inf['p99_ms']:.1f} "
             f"| {e2e['p50_ms']:.1f} | {b['memory']['peak_rss_mb']:.0f} |"
         )
     lines += ["", f"![accuracy against latency]({plot_name})", ""]
-    details = [line for s in report["stages"] for line in stage_details(s)]
+    details = [line for s in report["stages"] for line in stage_details(s, out)]
     if details:
         lines += ["## Stages", "", *details, ""]
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]
-    if report["gates"]:
-        lines += ["## Gates", "", "| gate | limit | value | result |", "|---|---|---|---|"]
-        lines += [f"| {g['gate']} | {g['limit']} | {g['value']} | {'pass' if g['passed'] else 'FAIL'} |"
-                  for g in report["gates"]]
-        lines.append("")
-    lines += ["Drop is mAP50-95 points lost against the baseline checkpoint, measured the same way (batch 1, "
-              "square letterboxed input). Latency: batch 1, after warm-up; end to end adds letterbox and NMS.", ""]
+    lines += ["Change is mAP50-95 points against the baseline checkpoint, measured the same way (batch 1, square "
+              "letterboxed input): + is a gain. Latency: batch 1, after warm-up; end to end adds letterbox and NMS. "
+              "Sizes are the artifacts' files; a PyTorch checkpoint's weights are stored as named.", ""]
     return "\n".join(lines)
+
+
+def _relative(path: Path, out: Path) -> str:
+    try:
+        return str(path.relative_to(out))
+    except ValueError:
+        return str(path)

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from edgecompress import logs, progress
 from edgecompress.config import to_dict
 from edgecompress.errors import UserError
 from edgecompress.files import file_digest, write_atomic
@@ -21,9 +22,6 @@ from edgecompress.pipeline.stage import Artifact, Stage
 from edgecompress.pipeline.stages import Bench, Evaluate
 from edgecompress.recipe import Recipe
 from edgecompress.targets import Target, get_target
-
-Log = Callable[[str], None]
-
 
 def demo_paths() -> tuple[Path, Path]:
     """The embedded demo's checkpoint and dataset YAML, wherever the package is installed."""
@@ -43,7 +41,6 @@ class Run:
     dataset: Any  # edgecompress.yolo.data.Dataset
     evaluate: Any  # edgecompress.yolo.model.Evaluator
     trust: bool
-    log: Log
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)  # by artifact key: the report's rows
 
     def fact(self, name: str) -> Any:
@@ -76,16 +73,17 @@ class Run:
 
 
 class Runner:
-    """Runs one recipe into one output folder."""
+    """Runs one recipe into one output folder. Progress goes to edgecompress.progress; what third-party libraries
+    print goes to OUT/compress.log (and to `echo` too, when given)."""
 
-    def __init__(self, recipe: Recipe, out: Path, log: Log = print, trust_checkpoint: bool = False) -> None:
+    def __init__(self, recipe: Recipe, out: Path, trust_checkpoint: bool = False, echo: IO[str] | None = None) -> None:
         if recipe.is_demo:
             model, data = demo_paths()
             recipe = recipe.with_overrides(model=str(model), data=str(data))
         self.target = get_target(recipe.target)
         self.recipe = self.target.preset(recipe)
         self.out = Path(out).resolve()
-        self.log = log
+        self.echo = echo
         self.trust = trust_checkpoint
         self.manifest: list[dict[str, Any]] = []
         if reason := self.target.unusable():
@@ -93,6 +91,10 @@ class Runner:
 
     def run(self) -> dict[str, Any]:
         """Run every stage of the target's plan (reusing finished ones), write the report, and return it."""
+        with logs.captured(self.echo) as log:
+            return self._checked(log)
+
+    def _checked(self, log: logs.LogFile) -> dict[str, Any]:
         from edgecompress.yolo import patches
         from edgecompress.yolo.data import Dataset
         from edgecompress.yolo.model import Evaluator, load_model
@@ -108,12 +110,13 @@ class Runner:
         dataset = Dataset.check(recipe.data, len(model.names), recipe.eval.split)
         evaluate = Evaluator(dataset, recipe.imgsz, recipe.eval.split, recipe.eval.conf, recipe.eval.iou,
                              recipe.device)
-        run = Run(recipe, self.target, checkpoint, model, dataset, evaluate, self.trust, self.log)
-        folder = OutputFolder(self.out, checkpoint, self.log)
+        run = Run(recipe, self.target, checkpoint, model, dataset, evaluate, self.trust)
+        folder = OutputFolder(self.out, checkpoint)
         try:
+            log.open(self.out / logs.LOG_FILE)
             self.cache = Cache(self.out / "stages")
             if stale := self.cache.sweep():
-                self.log(f"removed {len(stale)} unfinished stage folder(s) left by an interrupted run")
+                progress.note(f"removed {len(stale)} unfinished stage folder(s) left by an interrupted run")
             return self._run(run)
         finally:
             folder.release()
@@ -137,14 +140,16 @@ class Runner:
         return result
 
     def _step(self, stage: Stage, parent: Artifact | None, run: Run) -> Entry:
-        self.log(f"[{stage.name}] ...")
-        entry = self.cache.stage(stage.name, stage.key(parent, run), lambda folder: stage.run(parent, folder, run))
-        self.manifest.append({"stage": stage.name, "key": entry.key, "folder": str(entry.folder.relative_to(self.out)),
+        with progress.stage(stage.name):
+            progress.emit({"event": "stage"})
+            entry = self.cache.stage(stage.name, stage.key(parent, run), lambda folder: stage.run(parent, folder, run))
+            folder = str(entry.folder.relative_to(self.out))
+            progress.emit({"event": "stage_end", "reused": entry.reused, "seconds": entry.seconds, "folder": folder,
+                           "summary": stage.summary(entry.info)})
+        self.manifest.append({"stage": stage.name, "key": entry.key, "folder": folder,
                               "files": sorted(p.name for p in entry.folder.iterdir() if p.name != DONE),
                               "reused": entry.reused})
         write_atomic(self.out / "manifest.json", json.dumps({"stages": self.manifest}, indent=2))
-        how = "reused" if entry.reused else f"done in {entry.seconds:.1f} s"
-        self.log(f"[{stage.name}] {how} ({entry.folder.relative_to(self.out)})")
         return entry
 
     def _measure(self, artifact: Artifact, run: Run) -> dict[str, Any]:

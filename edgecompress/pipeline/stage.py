@@ -56,6 +56,10 @@ class Stage(ABC):
         return digest({"stage": self.name, "parent": parent.key if parent else None, "settings": settings,
                        **{fact: run.fact(fact) for fact in self.facts}})
 
+    def summary(self, info: dict[str, Any]) -> str:
+        """What this stage did or found, in a few words for the person watching (its finished line)."""
+        return ""
+
     @abstractmethod
     def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
         """Write this stage's files into `folder`; return a JSON-able info dict whose file references are relative

@@ -31,7 +31,8 @@ class Load(ModelStage):
     def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
         from edgecompress.yolo.model import describe
 
-        return {"artifact": str(run.checkpoint), "size": describe(run.model, run.recipe.imgsz)}
+        return {"artifact": str(run.checkpoint), "size": describe(run.model, run.recipe.imgsz),
+                "stored": run.model.stored_precision}
 
 
 class _Train(ModelStage):
@@ -44,9 +45,11 @@ class _Train(ModelStage):
         from edgecompress.yolo.model import describe, load_model, save_checkpoint
 
         model, info = self.train(load_model(parent.path, run.trust), folder / "scratch", run)
-        save_checkpoint(model, folder / f"{self.name}.pt", half=False)
+        save_checkpoint(model, folder / f"{self.name}.pt", half=False)  # exact weights: later stages train on
+        for plot in (folder / "scratch").glob("*.png"):  # the stage's pictures stay, beside its checkpoint
+            shutil.move(plot, folder / plot.name)
         shutil.rmtree(folder / "scratch", ignore_errors=True)  # trainer scratch: checkpoints of every epoch
-        return {"artifact": f"{self.name}.pt", "size": describe(model, run.recipe.imgsz), **info}
+        return {"artifact": f"{self.name}.pt", "size": describe(model, run.recipe.imgsz), "stored": "fp32", **info}
 
     def train(self, model: Any, workdir: Path, run: Run) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
@@ -66,6 +69,10 @@ class Prune(_Train):
 
         return prune(model, self.config, run.evaluate, workdir)
 
+    def summary(self, info: dict[str, Any]) -> str:
+        return (f"{info['flops_removed']:.1%} of the FLOPs removed ({info['before']['gflops']:.2f} -> "
+                f"{info['after']['gflops']:.2f} GFLOPs)")
+
 
 class Finetune(_Train):
     """Recovers what pruning lost, against the user's unpruned model (schedule auto's yardstick)."""
@@ -82,6 +89,12 @@ class Finetune(_Train):
         from edgecompress.yolo.train import finetune
 
         return finetune(model, self.config, run.evaluate, workdir, reference=run.model)
+
+    def summary(self, info: dict[str, Any]) -> str:
+        epochs = info.get("epochs_log") or []
+        best = max((e.get("metrics/mAP50-95(B)", 0.0) for e in epochs), default=None)
+        return f"{len(epochs)} epochs ({info['schedule']['name']})" + (f", best val mAP50-95 {best:.4f}"
+                                                                       if best is not None else "")
 
 
 class Export(ModelStage):
@@ -144,9 +157,11 @@ class PTQ(ModelStage):
         artifact, info = quantize(parent.sources["onnx"], parent.path, self.config, self.target, run.evaluate,
                                   folder, baseline)
         shutil.rmtree(folder / "eval", ignore_errors=True)
-        run.log(f"[quantize] INT8 mAP50-95 {-info['drop_points']:+.2f} points against FP32 (budget "
-                f"-{self.config.max_map_drop}); layers kept in float: {len(info['float_layers'])}")
         return {"artifact": artifact.name, **info}
+
+    def summary(self, info: dict[str, Any]) -> str:
+        return (f"{info['quantizer']}: INT8 {-info['drop_points']:+.2f} mAP50-95 points against FP32 (budget "
+                f"-{self.config.max_map_drop}), {len(info['float_layers'])} layers kept in float")
 
 
 class QAT(ModelStage):
@@ -189,10 +204,10 @@ class Bundle(Stage):
         return {"target": self.target.name}
 
     def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
-        info = self.target.bundle(parent, folder)
-        if not info.get("engine"):
-            run.log(f"[{self.name}] {info['reason']}")
-        return info
+        return self.target.bundle(parent, folder)
+
+    def summary(self, info: dict[str, Any]) -> str:
+        return f"engine {info['engine']}" if info.get("engine") else "bundle for the device (no engine built here)"
 
     def output(self, parent: Artifact | None, entry: Entry) -> Artifact | None:
         if not entry.info.get("engine"):
@@ -216,6 +231,9 @@ class Evaluate(Stage):
         weights = load_model(parent.path, run.trust) if parent.runtime == "torch" else parent.path
         return run.evaluate(weights, folder)
 
+    def summary(self, info: dict[str, Any]) -> str:
+        return f"mAP50-95 {info['map50_95']:.4f} on {info['images']} images"
+
 
 class Bench(Stage):
     """Latency and memory of one artifact, timed in a fresh process (so its peak memory is one session's)."""
@@ -232,6 +250,9 @@ class Bench(Stage):
         images = run.dataset.images(run.recipe.eval.split)[:BENCH_IMAGES]
         return measure_isolated(parent.path, parent.runtime, run.recipe.imgsz, run.recipe.bench, images, folder,
                                 {TRUST_ENV: "1" if run.trust else "0"})
+
+    def summary(self, info: dict[str, Any]) -> str:
+        return f"inference p50 {info['inference']['p50_ms']:.1f} ms, {info['file_mb']:.1f} MB"
 
 
 def training(recipe: Recipe) -> list[Stage]:

@@ -28,6 +28,7 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
+from edgecompress import progress
 from edgecompress.prune.allocation import ALLOCATIONS
 from edgecompress.prune.config import PruneConfig
 from edgecompress.prune.depth import remove_blocks
@@ -64,7 +65,7 @@ def prune(model: DetectionModel, config: PruneConfig, evaluate: Evaluator,
     weights = None
     if config.sensitivity or ALLOCATIONS[config.allocation].uses_sensitivity:
         drops = sensitivity(model, config, evaluate, workdir / "sensitivity")
-        info["sensitivity"] = {"map_drop_points": drops, "plot": str(workdir / "sensitivity.png")}
+        info["sensitivity"] = {"map_drop_points": drops, "plot": "sensitivity.png"}  # in workdir
         plot_sensitivity(drops, config.sensitivity_ratio, workdir / "sensitivity.png")
         weights = sensitivity_weights(drops)
     track = config.max_map_drop is not None and config.steps > 1
@@ -133,18 +134,20 @@ def _search(gflops_at: Callable[[float], float], target: float, tolerance: float
     """
     lo, hi = (0.0, gflops_at(0.0)), (0.99, gflops_at(0.99))
     side = 0
-    for _ in range(12):
-        (k0, g0), (k1, g1) = lo, hi
-        k = k0 + (g0 - target) * (k1 - k0) / (g0 - g1) if g0 != g1 else (k0 + k1) / 2
-        g = gflops_at(k)
-        if abs(g - target) <= tolerance:
-            return k
-        if g > target:  # not pruned enough yet
-            lo, hi = (k, g), (hi if side != -1 else (hi[0], (hi[1] + target) / 2))
-            side = -1
-        else:
-            hi, lo = (k, g), (lo if side != 1 else (lo[0], (lo[1] + target) / 2))
-            side = 1
+    with progress.task("amount search", unit="try", each=True) as tries:
+        for _ in range(12):
+            (k0, g0), (k1, g1) = lo, hi
+            k = k0 + (g0 - target) * (k1 - k0) / (g0 - g1) if g0 != g1 else (k0 + k1) / 2
+            g = gflops_at(k)
+            tries.advance(knob=round(k, 4), reached=round(g, 3), target=round(target, 3))
+            if abs(g - target) <= tolerance:
+                return k
+            if g > target:  # not pruned enough yet
+                lo, hi = (k, g), (hi if side != -1 else (hi[0], (hi[1] + target) / 2))
+                side = -1
+            else:
+                hi, lo = (k, g), (lo if side != 1 else (lo[0], (lo[1] + target) / 2))
+                side = 1
     return hi[0]  # rounding to a channel multiple can make the target unreachable: err on fewer FLOPs
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ultralytics.nn.tasks import DetectionModel
 
+from edgecompress import progress
 from edgecompress.plots import pyplot, save
 from edgecompress.prune.config import PruneConfig
 from edgecompress.prune.graph import enable_grads
@@ -24,16 +25,17 @@ def sensitivity(model: DetectionModel, config: PruneConfig, evaluate: Evaluator,
     plan = Planner(work, config, evaluate.dataset, evaluate.imgsz)
     images = config.sensitivity_images
     base = evaluate(work, workdir, images)["map50_95"]
-    drops = {}
-    for root, _, key in plan.groups:
-        roots = [g.root for g in plan.groups if key and g.tie == key] or [root]
-        if roots[0] is not root:
-            continue  # a split block's two halves are pruned, and measured, together
-        n = {r: int(config.sensitivity_ratio * r.out_channels) for r in roots}
-        probe = plan.prune_counts(n, dry_run=True)
-        drops[plan.names[root]] = round(100 * (base - evaluate(probe, workdir, images)["map50_95"]), 3)
-        for r in roots[1:]:
-            drops[plan.names[r]] = drops[plan.names[root]]
+    drops: dict[str, float] = {}
+    measured = [[g.root for g in plan.groups if key and g.tie == key] or [root] for root, _, key in plan.groups]
+    measured = [roots for roots, (root, _, _) in zip(measured, plan.groups) if roots[0] is root]  # a split
+    # block's two halves are pruned, and measured, together
+    with progress.task("sensitivity", total=len(measured), unit="group") as groups:
+        for roots in measured:
+            n = {r: int(config.sensitivity_ratio * r.out_channels) for r in roots}
+            probe = plan.prune_counts(n, dry_run=True)
+            drop = round(100 * (base - evaluate(probe, workdir, images)["map50_95"]), 3)
+            drops.update({plan.names[r]: drop for r in roots})
+            groups.advance(**{"group": plan.names[roots[0]], "points lost": drop})
     return drops
 
 

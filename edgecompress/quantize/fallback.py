@@ -3,15 +3,13 @@ its budget against FP32."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgecompress import progress
 from edgecompress.files import copy_over
-
-LOG = logging.getLogger("edgecompress")
 
 
 def accuracy_aware(build: Callable[[Sequence[str]], Path], evaluate: Callable[[Path], float],
@@ -24,22 +22,23 @@ def accuracy_aware(build: Callable[[Sequence[str]], Path], evaluate: Callable[[P
     ranked: list[tuple[str, float]] = []
     count = 0
     best: tuple[float, Path, list[str]] | None = None
-    while True:
-        keep = [name for name, _ in ranked[:count]]
-        artifact = build(keep)
-        score = evaluate(artifact)
-        drop = round((baseline - score) * 100, 3)
-        steps.append({"float_layers": len(keep), "map50_95": score, "drop_points": drop})
-        LOG.info("INT8 with %d layers in float: mAP50-95 %.4f (%.2f points below FP32)", len(keep), score, drop)
-        if best is None or score > best[0]:
-            best = (score, _stash(artifact), keep)
-        if drop <= max_drop or count >= max_float:
-            break
-        if not ranked:
-            ranked = ranking()
-        count = min(max(1, 2 * count), max_float, len(ranked))
-        if count == len(keep):  # nothing left to keep in float
-            break
+    with progress.task("INT8", unit="try", each=True) as tries:
+        while True:
+            keep = [name for name, _ in ranked[:count]]
+            artifact = build(keep)
+            score = evaluate(artifact)
+            drop = round((baseline - score) * 100, 3)
+            steps.append({"float_layers": len(keep), "map50_95": score, "drop_points": drop})
+            tries.advance(**{"layers in float": len(keep), "mAP50-95": score, "points lost": drop})
+            if best is None or score > best[0]:
+                best = (score, _stash(artifact), keep)
+            if drop <= max_drop or count >= max_float:
+                break
+            if not ranked:
+                ranked = ranking()
+            count = min(max(1, 2 * count), max_float, len(ranked))
+            if count == len(keep):  # nothing left to keep in float
+                break
     score, artifact, keep = best
     final = _unstash(artifact)
     return final, {

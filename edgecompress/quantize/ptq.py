@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import shutil
 import statistics
 import time
@@ -25,8 +24,6 @@ from edgecompress.targets.base import Target
 
 if TYPE_CHECKING:
     from edgecompress.yolo.model import Evaluator
-
-LOG = logging.getLogger("edgecompress")
 
 SENSITIVITY_IMAGES = 8  # enough to rank layers by quantization noise; the ranking only orders the fallback
 # Choosing between candidates that both hold the budget: the candidates take turns at every inference (the one
@@ -154,7 +151,6 @@ def _keep_better(results: Mapping[str, tuple[Path, dict]], config: QuantConfig,
                                   round(statistics.median(times[name]), 3))
                   for name, (_, fallback) in results.items()}
     chosen, reason = choose_quantizer(candidates, config.max_map_drop)
-    LOG.info("INT8 quantizer %s", reason)
     kept = workdir / results[chosen][0].name
     copy_over(results[chosen][0], kept)
     for name in results:

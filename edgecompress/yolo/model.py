@@ -20,6 +20,7 @@ from ultralytics.nn.tasks import DetectionModel, torch_safe_load
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
 from ultralytics.utils.torch_utils import get_flops
 
+from edgecompress import progress
 from edgecompress.errors import UserError
 from edgecompress.yolo.data import Dataset
 
@@ -107,8 +108,10 @@ def load_model(path: str | Path, trust: bool | None = None) -> DetectionModel:
     if type(model) is not DetectionModel:  # subclasses (segment, pose, OBB, ...) have heads we do not handle
         kind = UNSUPPORTED.get(type(model).__name__, type(model).__name__)
         raise UserError(f"checkpoint {path} is a {kind} model; only detection models are supported yet")
+    stored = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(next(model.parameters()).dtype, "fp32")
     # What Ultralytics' load_checkpoint does after unpickling.
     model = model.float().eval()
+    model.stored_precision = stored  # the checkpoint's weights, before the FP32 they are loaded in
     model.args = {**DEFAULT_CFG_DICT, **ckpt.get("train_args", {})}
     model.pt_path = str(path)
     model.task = "detect"
@@ -182,7 +185,13 @@ class Evaluator:
         }
         validator = DetectionValidator(args=args)
         model = weights if isinstance(weights, torch.nn.Module) else str(weights)
-        stats = validator(model=model)
+        with progress.task("evaluation", unit="image") as images_done:
+            def advance(v: DetectionValidator) -> None:
+                images_done.total = len(v.dataloader.dataset)
+                images_done.advance()
+
+            validator.add_callback("on_val_batch_end", advance)
+            stats = validator(model=model)
         shutil.rmtree(workdir / "val", ignore_errors=True)  # Ultralytics' empty save_dir (plots are off)
         return {
             "map50": round(float(stats["metrics/mAP50(B)"]), 5),

@@ -24,6 +24,7 @@ from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils.torch_utils import unwrap_model
 
+from edgecompress import progress
 from edgecompress.config import require
 from edgecompress.yolo.config import FinetuneConfig
 from edgecompress.yolo.model import Evaluator, save_checkpoint
@@ -158,7 +159,12 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
                                                         "qat_batches": qat_batches, "freeze_bn": settings["freeze_bn"]})
     trainer = trainer_cls(overrides=overrides)
     t0 = time.time()
-    trainer.train()
+    name = "QAT" if qat_batches else "fine-tune"
+    with progress.task(name, total=config.epochs, unit="epoch", each=True) as epochs:
+        trainer.add_callback("on_fit_epoch_end", lambda t: epochs.advance(**{
+            "loss": round(float(sum(t.tloss.values())), 3),
+            "val mAP50-95": round(t.metrics.get("metrics/mAP50-95(B)", 0), 4)}))
+        trainer.train()
     best, _ = load_checkpoint(trainer.best if trainer.best.exists() else trainer.last)
     best = getattr(best, "student_model", best)  # a distillation checkpoint holds the student inside
     info = {"config": asdict(config), "schedule": {**chosen, "settings": settings},
