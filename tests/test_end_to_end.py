@@ -114,7 +114,8 @@ def test_gates_fail_with_exit_status_1(x86_run, capsys) -> None:
     assert "gate failed: max_latency_ms" in capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert [(g["gate"], g["passed"]) for g in report["gates"]] == [("max_map_drop", True), ("max_latency_ms", False)]
-    assert "| max_latency_ms | 0.001 |" in (out / "report.md").read_text()
+    assert "**A gate FAILED**" in (out / "report.md").read_text().splitlines()[2]
+    assert "(limit 0.001): FAIL" in (out / "report.md").read_text()
 
 
 def test_run_killed_during_export_resumes(tmp_path: Path, fast_recipe) -> None:
