@@ -13,7 +13,7 @@ from tiny_models import detector, ramp_inputs
 
 from edgecompress.calibration.data import preprocess
 from edgecompress.calibration.ranges import Ranges, collect, estimate_ranges, mse_range, quant_params
-from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
+from edgecompress.calibration.sensitivity import lost_signal
 from edgecompress.device.images import letterbox
 from edgecompress.quantize.qdq import quantize_qdq
 from edgecompress.quantize.scheme import Scheme
@@ -151,13 +151,15 @@ def test_preprocess_is_rgb_nchw_float_in_0_1():
     assert 0.0 <= x.min() and x.max() <= 1.0
 
 
-def test_sensitivity_ranks_the_coarsest_layer_first(tmp_path):
+def test_the_layer_reading_the_coarsest_activation_loses_the_most_signal(tmp_path):
     model = detector(tmp_path / "m.onnx")
     ranges = calibrate(model, ramp_inputs(), "minmax")
-    # Widen one activation's range 100x: its 8-bit steps become 100x coarser, so it must rank first.
+    # Widen one activation's range 100x: its 8-bit steps become 100x coarser. The head conv reads it ("b"), so in
+    # the quantized model that conv loses the most signal across itself.
     low, high = ranges.tensors["b"]
     wide = Ranges(ranges.method, False, None, ranges.images, {**ranges.tensors, "b": (low, high * 100)})
-    sqnr = tensor_sqnr(model, wide, ramp_inputs())
-    assert sqnr["b"] < sqnr["a"]
-    ranked = rank_nodes(model, sqnr, ["/model.0/conv/Conv", "/model.0/act/Relu", "/model.1/cv2.0/cv2.0.0/Conv"])
-    assert ranked[0][0] in ("/model.0/act/Relu", "/model.1/cv2.0/cv2.0.0/Conv")  # the two nodes touching "b"
+    quantized = quantize_qdq(model, wide, tmp_path / "q.onnx", Scheme(False, True, False), ["/model.1/Sigmoid"])
+    ranked = lost_signal(model, quantized, ramp_inputs(),
+                         ["/model.0/conv/Conv", "/model.0/act/Relu", "/model.1/cv2.0/cv2.0.0/Conv"])
+    assert [name for name, _ in ranked][0] == "/model.1/cv2.0/cv2.0.0/Conv"
+    assert ranked[0][1] > 10 * max(abs(lost) for _, lost in ranked[1:])

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from tiny_models import branching, detector, ramp_inputs
 
 from edgecompress.calibration.ranges import collect, estimate_ranges
-from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
+from edgecompress.calibration.sensitivity import lost_signal
 from edgecompress.config import ConfigError, from_dict
 from edgecompress.device.runtime import RUNTIMES
 from edgecompress.quantize.config import QuantConfig
@@ -203,9 +203,10 @@ def test_fallback_stops_once_the_budget_holds(fp32, tmp_path):
         built.append(list(keep))
         return quantize_qdq(fp32, wide, tmp_path / "int8.onnx", ONNXRUNTIME, [*DECODE, *keep])
 
-    def ranking():
-        sqnr = tensor_sqnr(fp32, wide, ramp_inputs())
-        return rank_nodes(fp32, sqnr, ["/model.0/conv/Conv", "/model.0/act/Relu", "/model.1/cv2.0/cv2.0.0/Conv"])
+    def ranking():  # the signal each layer loses in the quantized model itself
+        measured = quantize_qdq(fp32, wide, tmp_path / "ranking.onnx", ONNXRUNTIME, DECODE)
+        return lost_signal(fp32, measured, ramp_inputs(),
+                           ["/model.0/conv/Conv", "/model.0/act/Relu", "/model.1/cv2.0/cv2.0.0/Conv"])
 
     int8_drop = (1.0 - score(build([]))) * 100
     one_float_drop = (1.0 - score(build([ranking()[0][0]]))) * 100
@@ -294,3 +295,34 @@ def test_a_layer_kept_float_reads_float_values_through_concat_and_maxpool(tmp_pa
     expected = RUNTIMES["onnxruntime"].load(fp32).infer(x)[0]
     got = RUNTIMES["onnxruntime"].load(tmp_path / "q.onnx").infer(x)[0]
     assert 0 < np.abs(got - expected).max() < 0.02 * 640
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(tmp_path_factory, demo):
+    from edgecompress.yolo.model import export_onnx, load_model
+
+    return export_onnx(load_model(demo[0]), 96, tmp_path_factory.mktemp("demo-onnx"), "model")
+
+
+@pytest.mark.parametrize("target", ["onnx", "arm", "x86", "jetson-orin-nano"])
+def test_every_calibration_method_gives_each_target_a_valid_artifact(demo_onnx, demo, tmp_path, target):
+    """The (method, target) pairs: each builds, passes its runtime's rules (TensorRT's validator for jetson) and runs;
+    a QDQ model the product builds that breaks a rule is the product's error, never the user's."""
+    from conftest import evaluator
+
+    from edgecompress.calibration.ranges import METHODS
+    from edgecompress.quantize.quantizers import QUANTIZERS, Job
+
+    t = TARGETS[target]
+    config = QuantConfig(calibration_images=8)
+    images = evaluator(demo[1], 96).dataset.calibration_images(8)
+    job = Job(demo_onnx, demo_onnx, t, config, Scheme.of(t, config), images, 96)
+    x = np.random.default_rng(0).random((1, 3, 96, 96), dtype=np.float32)
+    for method in METHODS:
+        artifact = QUANTIZERS["qdq"].build(job, [], tmp_path / method, method)
+        qdq = tmp_path / method / "model_int8.onnx"
+        if target.startswith("jetson"):
+            assert tensorrt_rules.violations(onnx.load(str(qdq))) == [], method
+        (out,) = RUNTIMES[t.int8_runtime].load(artifact).infer(x)
+        assert out.shape == (1, 5, 189) and np.isfinite(out).all(), method
+        assert all(lo <= hi for lo, hi in job.ranges(method).tensors.values()), method

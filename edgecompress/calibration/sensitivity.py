@@ -1,8 +1,10 @@
-"""Per-layer sensitivity to INT8: how much signal each activation keeps when fake-quantized with its range.
+"""Which layers INT8 damages most, measured in the quantized model itself: the signal each layer loses across itself.
 
-Measured on the float model (numpy fake-quantization of its own activations, from the calibrated ranges), so
-one pass ranks every layer without building a quantized model per layer. The accuracy-aware fallback keeps
-the lowest-ranked layers in float.
+As onnxruntime's qdq_loss_debug does, the FP32 and the QDQ model run on the same inputs and their activations are
+compared tensor by tensor: the signal-to-quantization-noise ratio (SQNR, dB) of each tensor against FP32 falls
+along the graph as the quantization noise of every layer adds up. A layer's loss is how much it falls across that
+layer (its inputs' SQNR minus its output's): the noise its own input and weight quantization adds, in the graph as
+it runs, with every other layer quantized too. The accuracy-aware fallback keeps the most damaging in float first.
 """
 
 from __future__ import annotations
@@ -12,44 +14,39 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-
-from edgecompress.calibration.ranges import Ranges, quant_params
 
 
-def fake_quant(x: np.ndarray, low: float, high: float, symmetric: bool) -> np.ndarray:
-    """x quantized to 8 bits with the scheme's (scale, zero point) for [low, high], and back."""
-    scale, zero = quant_params(low, high, symmetric)
-    qmin, qmax = (-127, 127) if symmetric else (0, 255)
-    return (np.clip(np.round(x / scale) + zero, qmin, qmax) - zero) * scale
+def _session(model: onnx.ModelProto, tensors: Sequence[str]):
+    import onnxruntime as ort
+
+    outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in tensors if t not in outputs)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def tensor_sqnr(model: Path, ranges: Ranges, inputs: Iterable[np.ndarray]) -> dict[str, float]:
-    """Signal-to-quantization-noise ratio (dB) of every calibrated activation over `inputs`; lower is worse."""
-    proto = onnx.load(str(model))
-    outputs = {o.name for o in proto.graph.output}
-    names = [n for n in ranges.tensors if n not in outputs and n not in {i.name for i in proto.graph.input}]
-    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    wanted = [o.name for o in session.get_outputs() if o.name in ranges.tensors]
-    signal = dict.fromkeys(wanted, 0.0)
-    noise = dict.fromkeys(wanted, 0.0)
-    for x in inputs:
-        for name, value in zip(wanted, session.run(wanted, {input_name: x})):
-            value = value.astype(np.float64)
-            signal[name] += float(np.sum(value**2))
-            noise[name] += float(np.sum((value - fake_quant(value, *ranges.tensors[name], ranges.symmetric))**2))
-    return {n: 10 * np.log10(signal[n] / noise[n]) if noise[n] > 0 else float("inf") for n in wanted}
-
-
-def rank_nodes(model: Path, sqnr: dict[str, float], candidates: Sequence[str]) -> list[tuple[str, float]]:
-    """`candidates` (node names) from most to least sensitive: by the worst SQNR among their activations."""
+def lost_signal(fp32: Path, quantized: Path, inputs: Iterable[np.ndarray],
+                candidates: Sequence[str]) -> list[tuple[str, float]]:
+    """`candidates` (node names of the FP32 model) from most to least damaging, each with the dB of SQNR against
+    the FP32 model it loses across itself in the `quantized` QDQ model (whose nodes keep their outputs' names)."""
+    float_model = onnx.load(str(fp32))
+    quant_model = onnx.load(str(quantized))
+    known = {t for n in quant_model.graph.node for t in n.output} | {i.name for i in quant_model.graph.input}
+    weights = {t.name for t in float_model.graph.initializer}
     wanted = set(candidates)
-    scored = []
-    for node in onnx.load(str(model), load_external_data=False).graph.node:
-        if node.name in wanted:
-            values = [sqnr[t] for t in [*node.input, *node.output] if t in sqnr]
-            if values:
-                scored.append((node.name, round(min(values), 2)))
-    return sorted(scored, key=lambda item: item[1])
+    nodes = {n.name: ([t for t in n.input if t in known and t not in weights], n.output[0])
+             for n in float_model.graph.node if n.name in wanted and n.output[0] in known}
+    nodes = {name: (ins, out) for name, (ins, out) in nodes.items() if ins}
+    tensors = sorted({t for ins, out in nodes.values() for t in (*ins, out)})
+    reference, measured = _session(float_model, tensors), _session(quant_model, tensors)
+    input_name = reference.get_inputs()[0].name
+    signal = dict.fromkeys(tensors, 0.0)
+    noise = dict.fromkeys(tensors, 0.0)
+    for x in inputs:
+        for name, f, q in zip(tensors, reference.run(tensors, {input_name: x}), measured.run(tensors, {input_name: x})):
+            f, q = f.astype(np.float64), q.astype(np.float64)
+            signal[name] += float(np.sum(f**2))
+            noise[name] += float(np.sum((f - q) ** 2))
+    sqnr = {t: 10 * np.log10(signal[t] / noise[t]) if noise[t] > 0 else 200.0 for t in tensors}  # 200 dB: exact
+    lost = {name: round(min(sqnr[t] for t in ins) - sqnr[out], 2) for name, (ins, out) in nodes.items()}
+    return sorted(lost.items(), key=lambda item: -item[1])

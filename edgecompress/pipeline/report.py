@@ -31,6 +31,8 @@ from edgecompress.recipe import Recipe
 from edgecompress.targets import Target
 
 SCHEMA = "edgecompress.report/1"
+OVER_BUDGET = ("try --quant qat, a larger quant.calibration_images, more layers in float (quant.max_float_layers) or "
+               "a larger --max-map-drop")
 FINETUNE_PLOT = "finetune.png"
 
 
@@ -44,6 +46,10 @@ def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str,
     if recipe.gates.max_map_drop is not None:
         gates.append({"gate": "max_map_drop", "limit": recipe.gates.max_map_drop, "value": drop,
                       "passed": drop <= recipe.gates.max_map_drop})
+    int8 = [s["info"] for s in stages if s["info"].get("mode") == "ptq"]
+    if recipe.gates.max_map_drop is not None and int8:  # INT8 held to its FP32 model, in the same runtime
+        gates.append({"gate": "int8_map_drop", "limit": int8[0]["budget_points"], "value": int8[0]["drop_points"],
+                      "passed": int8[0]["within_budget"]})
     if recipe.gates.max_latency_ms is not None:
         p50 = last["benchmark"]["inference"]["p50_ms"]
         gates.append({"gate": "max_latency_ms", "limit": recipe.gates.max_latency_ms, "value": p50,
@@ -124,7 +130,9 @@ def stage_details(stage: dict[str, Any], out: Path) -> list[str]:
         lines = [f"- **{name}**: {info['quantizer']} PTQ, ranges {info['scheme']['ranges']}, activations "
                  f"{info['scheme']['activations']}, weights {info['scheme']['weights']}; "
                  f"{-info['drop_points']:+.2f} mAP50-95 points against FP32 in this runtime (budget "
-                 f"-{info['budget_points']}); head decode in float"
+                 f"-{info['budget_points']}"
+                 + ("" if info["within_budget"] else f": OVER BUDGET; {OVER_BUDGET}") + "); head decode in float; "
+                 f"calibration method {info['method_reason']}"
                  + (f"; quantizer {c['reason']}" if (c := info.get("quantizer_choice")) else "")]
         if len(info["fallback_steps"]) > 1 or info["float_layers"]:
             lines += ["", "  | layers kept in float | mAP50-95 | change against FP32 (pts) |", "  |---|---|---|"]
@@ -166,13 +174,19 @@ def plot_finetune(stages: list[dict[str, Any]], path: Path) -> bool:
 
 
 def verdict(report: dict[str, Any]) -> str:
-    """The report's first line: whether the gates hold."""
+    """The report's first lines: whether the gates hold, and whether INT8 stayed within its budget."""
     gates = report["gates"]
-    if not gates:
-        return "**No gates set** (`--max-map-drop`, `--max-latency-ms`)."
-    shown = "; ".join(f"{g['gate']} {g['value']} (limit {g['limit']}): {'pass' if g['passed'] else 'FAIL'}"
-                      for g in gates)
-    return f"**{'All gates pass' if report['passed'] else 'A gate FAILED'}**: {shown}."
+    if gates:
+        shown = "; ".join(f"{g['gate']} {g['value']} (limit {g['limit']}): {'pass' if g['passed'] else 'FAIL'}"
+                          for g in gates)
+        line = f"**{'All gates pass' if report['passed'] else 'A gate FAILED'}**: {shown}."
+    else:
+        line = "**No gates set** (`--max-map-drop`, `--max-latency-ms`)."
+    over = [s for s in report["stages"] if s["info"].get("mode") == "ptq" and not s["info"]["within_budget"]]
+    for s in over:
+        line += (f"\n\n**INT8 is over its budget**: {s['name']} loses {s['info']['drop_points']:.2f} mAP50-95 points "
+                 f"against FP32 in its runtime (budget {s['info']['budget_points']}); {OVER_BUDGET}.")
+    return line
 
 
 def markdown(report: dict[str, Any], plot_name: str, out: Path) -> str:

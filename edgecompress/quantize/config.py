@@ -52,7 +52,8 @@ class QuantConfig:
 
     # None: the target's preset (ptq where it runs INT8, else none); none keeps the target's float precision
     mode: QuantMode | None = None
-    method: str = "minmax"  # activation ranges: a name in calibration.ranges.METHODS
+    # activation ranges: auto (every method in calibration.ranges.METHODS tried, the most accurate kept) or one
+    method: str = "auto"
     percentile: float = 99.999  # for method percentile: the share of values kept inside the range
     activations: Literal["target", "symmetric", "asymmetric"] = "target"
     per_channel: bool = True
@@ -64,7 +65,8 @@ class QuantConfig:
     qat: QATConfig = field(default_factory=QATConfig)
 
     def __post_init__(self) -> None:
-        METHODS[self.method]  # an unknown name fails here, with the closest one suggested
+        if self.method != "auto":
+            METHODS[self.method]  # an unknown name fails here, with the closest one suggested
         require(50.0 < self.percentile <= 100.0,
                 f"quant.percentile must be in (50, 100], got {self.percentile}; write e.g. 99.999")
         require(self.calibration_images >= 1,

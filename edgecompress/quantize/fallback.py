@@ -14,10 +14,11 @@ from edgecompress.files import copy_over
 
 def accuracy_aware(build: Callable[[Sequence[str]], Path], evaluate: Callable[[Path], float],
                    ranking: Callable[[], list[tuple[str, float]]], baseline: float, max_drop: float,
-                   max_float: int) -> tuple[Path, dict]:
-    """Build the INT8 model; while it loses more than `max_drop` points, keep the 1, 2, 4, ... most sensitive
-    layers (by `ranking`, computed once and only when needed) in float. Stops at the first model within budget;
-    when none is, returns the most accurate one tried, and says so."""
+                   max_float: int, start: tuple[Path, float] | None = None) -> tuple[Path, dict]:
+    """Build the INT8 model (or take `start`, the model with no layer in float already built and scored); while it
+    loses more than `max_drop` points, keep the 1, 2, 4, ... most damaging layers (by `ranking`, computed once and
+    only when needed) in float. Stops at the first model within budget; when none is, returns the most accurate one
+    tried, and says so."""
     steps: list[dict[str, Any]] = []
     ranked: list[tuple[str, float]] = []
     count = 0
@@ -25,8 +26,8 @@ def accuracy_aware(build: Callable[[Sequence[str]], Path], evaluate: Callable[[P
     with progress.task("INT8", unit="try", each=True) as tries:
         while True:
             keep = [name for name, _ in ranked[:count]]
-            artifact = build(keep)
-            score = evaluate(artifact)
+            artifact, score = start if start and not keep else (build(keep), None)
+            score = evaluate(artifact) if score is None else score
             drop = round((baseline - score) * 100, 3)
             steps.append({"float_layers": len(keep), "map50_95": score, "drop_points": drop})
             tries.advance(**{"layers in float": len(keep), "mAP50-95": score, "points lost": drop})
@@ -44,7 +45,7 @@ def accuracy_aware(build: Callable[[Sequence[str]], Path], evaluate: Callable[[P
     return final, {
         "int8_map50_95": score, "drop_points": round((baseline - score) * 100, 3), "budget_points": max_drop,
         "within_budget": (baseline - score) * 100 <= max_drop,
-        "float_layers": [{"node": n, "sqnr_db": s} for n, s in ranked if n in keep],
+        "float_layers": [{"node": n, "lost_db": s} for n, s in ranked if n in keep],
         "fallback_steps": steps,
     }
 

@@ -8,24 +8,26 @@ import json
 import shutil
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgecompress import progress
 from edgecompress.calibration.data import Batches
-from edgecompress.calibration.sensitivity import rank_nodes, tensor_sqnr
+from edgecompress.calibration.sensitivity import lost_signal
 from edgecompress.files import copy_over
 from edgecompress.quantize.config import QuantConfig
 from edgecompress.quantize.fallback import accuracy_aware
-from edgecompress.quantize.quantizers import QUANTIZERS, Job
+from edgecompress.quantize.qdq import quantize_qdq
+from edgecompress.quantize.quantizers import QUANTIZERS, Job, Quantizer
 from edgecompress.quantize.scheme import Scheme
 from edgecompress.targets.base import Target
 
 if TYPE_CHECKING:
     from edgecompress.yolo.model import Evaluator
 
-SENSITIVITY_IMAGES = 8  # enough to rank layers by quantization noise; the ranking only orders the fallback
+SENSITIVITY_IMAGES = 8  # enough to rank layers by the signal they lose; the ranking only orders the fallback
 # Choosing between candidates that both hold the budget: the candidates take turns at every inference (the one
 # turn-taking timer), so that a shared machine's noise hits both alike.
 CHOICE_TURNS = 60
@@ -47,37 +49,35 @@ def quantize(onnx_fp32: Path, fp32_artifact: Path, config: QuantConfig, target: 
     """PTQ of the FP32 model for `target`: the exported ONNX (with its metadata.yaml beside it) and the same model
     in the target's runtime (`fp32_artifact`: the ONNX itself, or its OpenVINO IR), whose mAP50-95 `baseline` the
     caller measured already. Returns the target's INT8 artifact (loadable by `ultralytics.YOLO`) and a JSON-able
-    info dict (method, scheme, calibration images, the layers the fallback kept in float, timings, and which
-    quantizer was kept and why when the target has several).
+    info dict (the calibration methods tried and the one kept, scheme, calibration images, the layers the fallback
+    kept in float, timings, and which quantizer was kept and why when the target has several).
 
-    `evaluate` measures each candidate in its runtime (the run's evaluation protocol); its dataset gives the
-    calibration images."""
+    Each quantizer first builds one model per calibration method (the statistics are collected once) and keeps the
+    most accurate; only then, if that one is over the budget, does the fallback keep layers in float, ranked by the
+    signal each loses in the quantized model. `evaluate` measures every candidate in its runtime (the run's
+    evaluation protocol); its dataset gives the calibration images."""
     onnx_fp32, workdir = Path(onnx_fp32), Path(workdir)
     images = evaluate.dataset.calibration_images(config.calibration_images, config.seed)
     job = Job(onnx_fp32, fp32_artifact, target, config, Scheme.of(target, config), images, evaluate.imgsz)
     names = quantizers(config, target)
 
-    @functools.cache  # computed only when a fallback needs it, and once for every candidate
-    def ranking() -> list[tuple[str, float]]:
-        clock = time.perf_counter()
-        sqnr = tensor_sqnr(onnx_fp32, job.ranges, Batches(images[:SENSITIVITY_IMAGES], job.imgsz))
-        decode = set(job.decode)
-        candidates = [n.name for n in job.proto.graph.node
-                      if n.name not in decode and n.op_type not in ("Constant", "Shape")
-                      and (job.scheme.quantized_ops is None or n.op_type in job.scheme.quantized_ops)]
-        job.timings["sensitivity_s"] = round(time.perf_counter() - clock, 1)
-        return rank_nodes(onnx_fp32, sqnr, candidates)
-
     def score(artifact: Path) -> float:
         return evaluate(artifact, workdir / "eval")["map50_95"]
 
     clock = time.perf_counter()
-    results = {}
-    for name in names:  # two candidates build artifacts of the same names: each gets a folder, the kept one moves up
+    results, methods = {}, {}
+    for name in names:  # candidates build artifacts of the same names: each gets a folder, the kept one moves up
         outdir = workdir / f"candidate-{name}" if len(names) > 1 else workdir
-        outdir.mkdir(parents=True, exist_ok=True)
-        build = functools.partial(QUANTIZERS[name].build, job, outdir=outdir)
-        results[name] = accuracy_aware(build, score, ranking, baseline, config.max_map_drop, config.max_float_layers)
+        quantizer = QUANTIZERS[name]
+        tried = methods_tried(quantizer, job, outdir, score)
+        method = max(tried, key=lambda m: tried[m][1])
+        methods[name] = {"kept": method, "tried": {m: {"map50_95": s, "drop_points": round((baseline - s) * 100, 3)}
+                                                   for m, (_, s) in tried.items()}}
+        build = functools.partial(quantizer.build, job, outdir=outdir, method=method)
+        ranking = functools.partial(_ranking, job, method if quantizer.calibrates else _best_calibration(methods),
+                                    workdir / "ranking")
+        results[name] = accuracy_aware(build, score, ranking, baseline, config.max_map_drop, config.max_float_layers,
+                                       start=tried[method])
     job.timings["quantize_and_evaluate_s"] = round(time.perf_counter() - clock, 1)
     chosen, artifact = names[0], results[names[0]][0]
     choice = None
@@ -85,12 +85,16 @@ def quantize(onnx_fp32: Path, fp32_artifact: Path, config: QuantConfig, target: 
         clock = time.perf_counter()
         chosen, artifact, choice = _keep_better(results, config, workdir)
         job.timings["choose_s"] = round(time.perf_counter() - clock, 1)
+    shutil.rmtree(workdir / "ranking", ignore_errors=True)
+    method = methods[chosen]["kept"]
     info = {
         "mode": "ptq",
         "quantizer": chosen,
-        "method": config.method,
-        "percentile": config.percentile if config.method == "percentile" else None,
-        "scheme": QUANTIZERS[chosen].describe(job),
+        "method": method,
+        "methods": methods[chosen]["tried"],
+        "method_reason": _method_reason(methods[chosen]["tried"], method),
+        "percentile": config.percentile if method == "percentile" else None,
+        "scheme": QUANTIZERS[chosen].describe(job, method),
         "calibration_images": len(images),
         "head_decode_float": job.decode,
         "fp32_map50_95": baseline,
@@ -100,6 +104,57 @@ def quantize(onnx_fp32: Path, fp32_artifact: Path, config: QuantConfig, target: 
     }
     (workdir / "quantize.json").write_text(json.dumps(info, indent=1))
     return artifact, info
+
+
+def methods_tried(quantizer: Quantizer, job: Job, outdir: Path,
+                  score: Callable[[Path], float]) -> dict[str | None, tuple[Path, float]]:
+    """Each calibration method's model with no layer in float (one model, method None, for a quantizer with ranges
+    of its own), and its mAP50-95; the most accurate one's artifact is left in `outdir`, the others deleted."""
+    methods = job.methods if quantizer.calibrates else [None]
+    tried: dict[str | None, tuple[Path, float]] = {}
+    with progress.task("calibration methods", total=len(methods), unit="method", each=True) as done:
+        for method in methods:
+            folder = outdir / "methods" / str(method)
+            folder.mkdir(parents=True, exist_ok=True)
+            artifact = quantizer.build(job, [], folder, method)
+            tried[method] = (artifact, score(artifact))
+            done.advance(**{"method": method or "its own", "mAP50-95": tried[method][1]})
+    best = max(tried, key=lambda m: tried[m][1])
+    kept = outdir / tried[best][0].name
+    copy_over(tried[best][0], kept)
+    shutil.rmtree(outdir / "methods")
+    tried[best] = (kept, tried[best][1])
+    return tried
+
+
+def _best_calibration(methods: dict[str, dict[str, Any]]) -> str:
+    """The calibration method another quantizer kept (for a quantizer with ranges of its own: our ranking's), else
+    minmax."""
+    return next((m["kept"] for m in methods.values() if m["kept"]), "minmax")
+
+
+def _ranking(job: Job, method: str, folder: Path) -> list[tuple[str, float]]:
+    """The layers the fallback may keep in float, most damaging first: the signal each loses across itself in the
+    QDQ model of `method` against the FP32 model, on SENSITIVITY_IMAGES calibration images."""
+    clock = time.perf_counter()
+    decode = set(job.decode)
+    candidates = [n.name for n in job.proto.graph.node
+                  if n.name not in decode and n.op_type not in ("Constant", "Shape")
+                  and (job.scheme.quantized_ops is None or n.op_type in job.scheme.quantized_ops)]
+    folder.mkdir(parents=True, exist_ok=True)
+    quantized = quantize_qdq(job.onnx_fp32, job.ranges(method), folder / f"{method}.onnx", job.scheme, job.decode)
+    ranked = lost_signal(job.onnx_fp32, quantized, Batches(job.images[:SENSITIVITY_IMAGES], job.imgsz), candidates)
+    job.timings["sensitivity_s"] = round(time.perf_counter() - clock, 1)
+    return ranked
+
+
+def _method_reason(tried: dict[str | None, dict[str, float]], kept: str | None) -> str:
+    if kept is None:
+        return "the quantizer estimates its own ranges"
+    if len(tried) == 1:
+        return f"{kept}: set by quant.method"
+    shown = ", ".join(f"{m} {-t['drop_points']:+.2f}" for m, t in tried.items())
+    return f"{kept}: the most accurate of the methods tried (points against FP32: {shown})"
 
 
 @dataclass(frozen=True)

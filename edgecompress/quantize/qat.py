@@ -24,7 +24,7 @@ from pathlib import Path
 from ultralytics.nn.tasks import DetectionModel
 
 from edgecompress.quantize.config import QuantConfig
-from edgecompress.quantize.ptq import quantizers
+from edgecompress.quantize.ptq import methods_tried, quantizers
 from edgecompress.quantize.quantizers import QUANTIZERS, Job
 from edgecompress.quantize.scheme import Scheme
 from edgecompress.targets.base import Target
@@ -79,12 +79,17 @@ def qat_export(trained: DetectionModel, config: QuantConfig, target: Target, eva
         else onnx_fp32
     images = evaluate.dataset.calibration_images(config.calibration_images, config.seed)
     job = Job(onnx_fp32, fp32, target, config, Scheme.of(target, config), images, evaluate.imgsz)
-    artifact = QUANTIZERS[name].build(job, [], workdir)
+    # the trained weights' ranges chosen by the same measurement as PTQ's (the most accurate method)
+    tried = methods_tried(QUANTIZERS[name], job, workdir, lambda a: evaluate(a, workdir / "eval")["map50_95"])
+    method = max(tried, key=lambda m: tried[m][1])
+    artifact = tried[method][0]
     return artifact, {
         "mode": "qat",
         "framework": "nvidia-modelopt via ultralytics' prepare_qat",
         "quantizer": name,
-        "scheme": QUANTIZERS[name].describe(job),
+        "method": method,
+        "methods": {m: {"map50_95": score} for m, (_, score) in tried.items()},
+        "scheme": QUANTIZERS[name].describe(job, method),
         "epochs": config.qat.epochs,
         "qat": asdict(config.qat),
         "head_decode_float": job.decode,

@@ -42,6 +42,12 @@ class Job:
     images: list[Path]  # calibration images, from the train split
     imgsz: int
     timings: dict[str, float] = field(default_factory=dict)
+    _ranges: dict[str, Ranges] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        """The calibration methods to try: the recipe's, or every method under `auto`."""
+        return list(METHODS) if self.config.method == "auto" else [self.config.method]
 
     @cached_property
     def proto(self) -> onnx.ModelProto:
@@ -58,30 +64,34 @@ class Job:
 
     @cached_property
     def statistics(self) -> Statistics:
+        """Every tensor's statistics over the calibration images, collected once for every method tried."""
         clock = time.perf_counter()
         stats = collect(self.onnx_fp32, Batches(self.images, self.imgsz),
-                        histograms=METHODS[self.config.method].histogram)
+                        histograms=any(METHODS[m].histogram for m in self.methods))
         self.timings["calibrate_s"] = round(time.perf_counter() - clock, 1)
         return stats
 
-    @cached_property
-    def ranges(self) -> Ranges:
-        """The configured method's ranges, in the scheme's symmetry."""
-        return estimate_ranges(self.statistics, self.config.method, self.scheme.symmetric_activations,
-                               self.config.percentile)
+    def ranges(self, method: str) -> Ranges:
+        """The ranges of one calibration method, in the scheme's symmetry (computed once per method)."""
+        if method not in self._ranges:
+            self._ranges[method] = estimate_ranges(self.statistics, method, self.scheme.symmetric_activations,
+                                                   self.config.percentile)
+        return self._ranges[method]
 
 
 class Quantizer:
-    """Builds the target's INT8 artifact into `outdir`, with the head's decode and `keep_float` in float.
-    `reads_runtime_artifact`: it quantizes the FP32 model in the target's runtime (Job.fp32_artifact), not the
-    ONNX."""
+    """Builds the target's INT8 artifact into `outdir`, with the head's decode and `keep_float` in float, from the
+    ranges of a calibration `method`. `calibrates`: it takes our methods' ranges (else it estimates its own, and
+    `method` is None). `reads_runtime_artifact`: it quantizes the FP32 model in the target's runtime
+    (Job.fp32_artifact), not the ONNX."""
 
+    calibrates = True
     reads_runtime_artifact = False
 
-    def build(self, job: Job, keep_float: Sequence[str], outdir: Path) -> Path:
+    def build(self, job: Job, keep_float: Sequence[str], outdir: Path, method: str | None) -> Path:
         raise NotImplementedError
 
-    def describe(self, job: Job) -> dict[str, str]:
+    def describe(self, job: Job, method: str | None) -> dict[str, str]:
         """The scheme and ranges it used, for the report."""
         raise NotImplementedError
 
@@ -94,18 +104,18 @@ class QDQ(Quantizer):
     """onnxruntime's QDQ quantizer applying our ranges, at the target's placement; the target converts the QDQ
     ONNX to its artifact and checks it against its runtime's rules."""
 
-    def build(self, job: Job, keep_float: Sequence[str], outdir: Path) -> Path:
+    def build(self, job: Job, keep_float: Sequence[str], outdir: Path, method: str | None) -> Path:
         import onnx
 
         from edgecompress.quantize.qdq import quantize_qdq
 
-        qdq = quantize_qdq(job.onnx_fp32, job.ranges, outdir / f"{job.onnx_fp32.stem}_int8.onnx", job.scheme,
-                           [*job.decode, *keep_float])
+        qdq = quantize_qdq(job.onnx_fp32, job.ranges(method), outdir / f"{job.onnx_fp32.stem}_int8.onnx",
+                           job.scheme, [*job.decode, *keep_float])
         job.target.check_int8(onnx.load(str(qdq)))
         return job.target.from_qdq(qdq, job.onnx_fp32)
 
-    def describe(self, job: Job) -> dict[str, str]:
-        return {**job.scheme.describe(), "ranges": f"{job.config.method} over {len(job.images)} images"}
+    def describe(self, job: Job, method: str | None) -> dict[str, str]:
+        return {**job.scheme.describe(), "ranges": f"{method} over {len(job.images)} images"}
 
 
 @QUANTIZERS.register("nncf")
@@ -113,9 +123,10 @@ class NNCF(Quantizer):
     """NNCF's post-training quantization of the OpenVINO IR (its MIXED preset: asymmetric uint8 activations,
     symmetric per-channel int8 weights; its own range estimators), the head's decode ignored."""
 
+    calibrates = False
     reads_runtime_artifact = True
 
-    def build(self, job: Job, keep_float: Sequence[str], outdir: Path) -> Path:
+    def build(self, job: Job, keep_float: Sequence[str], outdir: Path, method: str | None) -> Path:
         import nncf
         import openvino as ov
 
@@ -139,7 +150,7 @@ class NNCF(Quantizer):
         shutil.copyfile(job.onnx_fp32.parent / "metadata.yaml", dest / "metadata.yaml")
         return dest
 
-    def describe(self, job: Job) -> dict[str, str]:
+    def describe(self, job: Job, method: str | None) -> dict[str, str]:
         return {"activations": "uint8 asymmetric", "weights": "int8 symmetric per-channel",
                 "format": "OpenVINO FakeQuantize", "ranges": f"NNCF's own (MIXED preset) over {len(job.images)} "
                                                              f"images"}
