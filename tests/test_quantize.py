@@ -205,7 +205,7 @@ def test_fallback_stops_once_the_budget_holds(fp32, tmp_path):
 
     def ranking():  # the signal each layer loses in the quantized model itself
         measured = quantize_qdq(fp32, wide, tmp_path / "ranking.onnx", ONNXRUNTIME, DECODE)
-        return lost_signal(fp32, measured, ramp_inputs(),
+        return lost_signal(measured, ramp_inputs(),
                            ["/model.0/conv/Conv", "/model.0/act/Relu", "/model.1/cv2.0/cv2.0.0/Conv"])
 
     int8_drop = (1.0 - score(build([]))) * 100

@@ -45,7 +45,7 @@ def accuracy_aware(build: Callable[[Sequence[str]], Path], evaluate: Callable[[P
     return final, {
         "int8_map50_95": score, "drop_points": round((baseline - score) * 100, 3), "budget_points": max_drop,
         "within_budget": (baseline - score) * 100 <= max_drop,
-        "float_layers": [{"node": n, "lost_db": s} for n, s in ranked if n in keep],
+        "float_layers": [{"node": n, "sqnr_db": s} for n, s in ranked if n in keep],
         "fallback_steps": steps,
     }
 

@@ -54,7 +54,7 @@ def quantize(onnx_fp32: Path, fp32_artifact: Path, config: QuantConfig, target: 
 
     Each quantizer first builds one model per calibration method (the statistics are collected once) and keeps the
     most accurate; only then, if that one is over the budget, does the fallback keep layers in float, ranked by the
-    signal each loses in the quantized model. `evaluate` measures every candidate in its runtime (the run's
+    quantization noise of the activations each reads in the quantized model. `evaluate` measures every candidate in its runtime (the run's
     evaluation protocol); its dataset gives the calibration images."""
     onnx_fp32, workdir = Path(onnx_fp32), Path(workdir)
     images = evaluate.dataset.calibration_images(config.calibration_images, config.seed)
@@ -134,8 +134,8 @@ def _best_calibration(methods: dict[str, dict[str, Any]]) -> str:
 
 
 def _ranking(job: Job, method: str, folder: Path) -> list[tuple[str, float]]:
-    """The layers the fallback may keep in float, most damaging first: the signal each loses across itself in the
-    QDQ model of `method` against the FP32 model, on SENSITIVITY_IMAGES calibration images."""
+    """The layers the fallback may keep in float, most damaged first: the SQNR of the quantized activations each
+    reads in the QDQ model of `method`, on SENSITIVITY_IMAGES calibration images."""
     clock = time.perf_counter()
     decode = set(job.decode)
     candidates = [n.name for n in job.proto.graph.node
@@ -143,7 +143,7 @@ def _ranking(job: Job, method: str, folder: Path) -> list[tuple[str, float]]:
                   and (job.scheme.quantized_ops is None or n.op_type in job.scheme.quantized_ops)]
     folder.mkdir(parents=True, exist_ok=True)
     quantized = quantize_qdq(job.onnx_fp32, job.ranges(method), folder / f"{method}.onnx", job.scheme, job.decode)
-    ranked = lost_signal(job.onnx_fp32, quantized, Batches(job.images[:SENSITIVITY_IMAGES], job.imgsz), candidates)
+    ranked = lost_signal(quantized, Batches(job.images[:SENSITIVITY_IMAGES], job.imgsz), candidates)
     job.timings["sensitivity_s"] = round(time.perf_counter() - clock, 1)
     return ranked
 
