@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default="compress-out",
                    help="output folder; rerunning into it reuses finished stages (default: %(default)s)")
     p.add_argument("--imgsz", metavar="N", type=int, help="square input size, a multiple of 32 (default 640)")
-    p.add_argument("--device", metavar="cpu|0", help="device for PyTorch work: cpu or a CUDA index (default cpu)")
+    p.add_argument("--device", metavar="cpu|0|mps", help="device for PyTorch work: cpu, a CUDA index or mps (Apple "
+                   "silicon); checked before any work (default cpu)")
     p.add_argument("--prune", metavar="FLOPS_FRACTION", type=float,
                    help="fraction of FLOPs to remove by structured pruning, e.g. 0.35 (default 0: none)")
     p.add_argument("--quant", choices=("none", "ptq", "qat"),

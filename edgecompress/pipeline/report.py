@@ -53,7 +53,8 @@ def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str,
         "model": {"path": str(checkpoint), "sha256": checkpoint_sha, "names": list(dataset.names.values()),
                   **described},
         "data": {"path": str(dataset.yaml), "split": recipe.eval.split,
-                 "images": baseline["accuracy"]["images"]},
+                 "images": baseline["accuracy"]["images"],
+                 "unusable": {str(path): why for path, why in dataset.unusable.items()}},  # skipped by every stage
         "target": {"name": target.name, "runtime": target.runtime, "description": target.description},
         "host": host_info(),
         "recipe": recipe.to_dict(),
@@ -126,13 +127,14 @@ def stage_details(stage: dict[str, Any]) -> list[str]:
 
 
 def markdown(report: dict[str, Any], plot_name: str) -> str:
-    model, target, host = report["model"], report["target"], report["host"]
+    model, target, host, data = report["model"], report["target"], report["host"], report["data"]
     base = report["stages"][0]["accuracy"]["map50_95"]
     lines = [
         f"# edgecompress report: {Path(model['path']).name} for {target['name']}",
         "",
         f"- model: `{model['path']}` ({model['architecture']}, classes: {', '.join(model['names'])})",
-        f"- data: `{report['data']['path']}`, split `{report['data']['split']}`, {report['data']['images']} images",
+        f"- data: `{data['path']}`, split `{data['split']}`, {data['images']} images"
+        + "".join(f"; skipped as unusable: `{path}` ({why})" for path, why in data["unusable"].items()),
         f"- target: {target['name']} ({target['description']})",
         f"- host: {host['cpu']}, {host['cores']} cores, Python {host['python']}",
         f"- final artifact: `{report['final']['artifact']}` (stage {report['final']['stage']})",
