@@ -71,7 +71,7 @@ def small_filesystem(path: Path, megabytes: int) -> Iterator[Callable[[int], Non
     path.mkdir()
     mount = shutil.which("mount")
     proc = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
-                          capture_output=True, text=True) if mount else None
+                          capture_output=True, text=True, check=False) if mount else None
     if proc is None or proc.returncode:
         pytest.skip(f"a small filesystem is needed to fill up, and mounting a tmpfs is not permitted here "
                     f"({proc.stderr.strip() if proc else 'no mount command'}); run as root to test a full disk")
@@ -224,6 +224,14 @@ def test_mps_without_apple_silicon_is_refused(tmp_path: Path, capsys) -> None:
     one_line_error(main(["--device", "mps", "--out", str(tmp_path / "out")]), capsys.readouterr().err,
                    "no Apple MPS device here (it needs an Apple-silicon Mac and a PyTorch built with MPS); "
                    "use --device cpu")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="measuring a training batch against GPU memory needs CUDA")
+def test_a_training_batch_beyond_the_gpu_memory_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path / "recipe.yaml", imgsz=4096, prune={"flops": 0.2}, finetune={"batch": 64})
+    one_line_error(main(["--recipe", str(recipe), "--device", "0", "--out", str(tmp_path / "out")]),
+                   capsys.readouterr().err, "training at batch 24 (finetune.batch)")  # the demo's train split: 24
     assert not (tmp_path / "out").exists()
 
 

@@ -1,5 +1,5 @@
-"""What a run needs from the machine, checked before any work: a PyTorch device that exists here, with memory for
-the training batch, and free disk space; and what a run says when the disk fills up anyway. (Running out of memory
+"""What a run needs from the machine, checked before any work: a PyTorch device that exists here, GPU memory for the
+training batch, and free disk space; and what a run says when the disk fills up anyway. (Running out of memory
 mid-training is told where the batch size is known: edgecompress.yolo.train.)"""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from edgecompress.errors import UserError, causes
 if TYPE_CHECKING:
     from edgecompress.pipeline.stage import Stage
     from edgecompress.recipe import Recipe
+    from edgecompress.yolo.data import Dataset
 
 # A failure while a folder's filesystem has less than this free is taken as the disk being full: OpenVINO's C++
 # writer, for one, fails with "basic_ios::clear: iostream error" and no errno.
@@ -24,12 +25,10 @@ NEARLY_FULL = 16 * 2**20
 PUBLISH = 1.0  # the run copies its final artifact to the top of the output folder: at most one model's weights
 
 
-def check_device(recipe: Recipe, model: Any) -> None:
-    """Refuse a `device` this machine does not have, saying what it has; on a CUDA device, also a training batch
-    (fine-tuning, QAT) that does not fit its free memory by Ultralytics' AutoBatch profile of `model`."""
+def check_device(device: str) -> None:
+    """Refuse a `device` (the recipe's) that this machine does not have, saying what it has."""
     import torch
 
-    device = recipe.device
     if device == "cpu":
         return
     if device == "mps":
@@ -41,8 +40,6 @@ def check_device(recipe: Recipe, model: Any) -> None:
     if int(device) >= count:
         raise UserError(f"no CUDA device {device} here ({_cuda_devices(count)}); use --device cpu"
                         + (f" or one of {', '.join(map(str, range(count)))}" if count else ""))
-    for key, batch in _training_batches(recipe):
-        _check_batch_fits(model, int(device), recipe.imgsz, key, batch)
 
 
 def _cuda_devices(count: int) -> str:
@@ -56,33 +53,47 @@ def _cuda_devices(count: int) -> str:
     return f"this machine has {count}: " + ", ".join(f"{i} ({torch.cuda.get_device_name(i)})" for i in range(count))
 
 
+def check_training_memory(recipe: Recipe, model: Any, dataset: Dataset) -> None:
+    """On a CUDA device, refuse a training batch (fine-tuning, QAT) that does not fit its free memory, by
+    Ultralytics' AutoBatch measurement: forward and backward of one batch of `model`, with its estimate of the
+    detection loss's memory. Ultralytics caps a batch at the train split's size, and so does this check."""
+    if not recipe.device.isdigit():
+        return
+    for key, batch in _training_batches(recipe):
+        _check_batch_fits(model, int(recipe.device), recipe.imgsz, key, min(batch, len(dataset.images("train"))))
+
+
 def _training_batches(recipe: Recipe) -> Iterator[tuple[str, int]]:
     """The recipe key and batch size of each training stage the recipe runs (fine-tuning, QAT)."""
     from edgecompress.yolo.config import SCHEDULES
 
     if recipe.prune.enabled and recipe.finetune.epochs:  # schedule auto picks one later: the larger batch bounds it
-        yield "finetune.batch", recipe.finetune.batch or max(s["batch"] for s in SCHEDULES.values())
+        schedules = list(SCHEDULES) if recipe.finetune.schedule == "auto" else [recipe.finetune.schedule]
+        yield "finetune.batch", max(recipe.finetune.settings(s)["batch"] for s in schedules)
     if recipe.quant.mode == "qat":
         yield "quant.qat.batch", recipe.quant.qat.batch
 
 
 def _check_batch_fits(model: Any, index: int, imgsz: int, key: str, batch: int) -> None:
-    """Ultralytics' AutoBatch measurement (forward and backward of one batch, with its estimate of the detection
-    loss's memory) against the device's free memory."""
     from copy import deepcopy
 
     import torch
     from ultralytics.utils.torch_utils import profile_ops
 
-    free, total = torch.cuda.mem_get_info(index)
+    device = torch.device("cuda", index)
+    free, total = torch.cuda.mem_get_info(device)
     trial = deepcopy(model).train()
     for p in trial.parameters():
         p.requires_grad_(True)
-    [profile] = profile_ops(torch.empty(batch, 3, imgsz, imgsz), trial, n=1, device=f"cuda:{index}", max_num_obj=1)
+    try:
+        [profile] = profile_ops(torch.empty(batch, 3, imgsz, imgsz, device=device), trial, n=1, device=device,
+                                max_num_obj=1)
+    except torch.OutOfMemoryError:  # the input batch alone
+        profile = None
     del trial
     torch.cuda.empty_cache()
     here = f"CUDA device {index} has {_size(free)} free of {_size(total)}"
-    if profile is None:  # the trial batch itself ran out of memory
+    if profile is None:  # the trial ran out of memory
         raise UserError(f"training at batch {batch} ({key}) does not fit: {here}; set {key}: {max(1, batch // 2)} "
                         f"or a smaller imgsz")
     need = profile[2] * 2**30
@@ -129,7 +140,7 @@ def space_message(opening: str, folder: Path, role: tuple[str, str], need: int) 
     name, elsewhere = role
     return (f"{opening} in {folder} ({name}, {_size(free_space(folder))} free): the remaining stages need about "
             f"{_size(need)} (estimated from the model and the target); free some space{elsewhere} and rerun the "
-            f"same command: it resumes with the stages already finished")
+            f"same command: the stages already finished are reused")
 
 
 def _device_of(path: Path) -> int:

@@ -106,8 +106,9 @@ class Runner:
         if recipe.imgsz % stride:
             raise UserError(f"imgsz {recipe.imgsz} is not a multiple of the model's stride {stride}; "
                             f"try {max(stride, round(recipe.imgsz / stride) * stride)}")
-        machine.check_device(recipe, model)
+        machine.check_device(recipe.device)
         dataset = Dataset.check(recipe.data, len(model.names), recipe.eval.split)
+        machine.check_training_memory(recipe, model, dataset)
         evaluate = Evaluator(dataset, recipe.imgsz, recipe.eval.split, recipe.eval.conf, recipe.eval.iou,
                              recipe.device)
         run = Run(recipe, self.target, checkpoint, model, dataset, evaluate, self.trust, self.log)

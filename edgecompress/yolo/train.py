@@ -164,7 +164,7 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
     try:
         trainer.train()
     except Exception as e:
-        if memory := _ran_out_of(e):
+        if not isinstance(e, UserError) and (memory := _ran_out_of(e)):
             key = "quant.qat.batch" if qat_batches else "finetune.batch"
             smaller = f"set {key}: {trainer.batch_size // 2} in the recipe" if trainer.batch_size > 1 else \
                 "use a smaller imgsz"
@@ -199,12 +199,12 @@ def _memory_nearly_exhausted() -> bool:
     status, meminfo = Path("/proc/self/status"), Path("/proc/meminfo")
     if not status.is_file():
         return False
-    kb = {line.split(":")[0]: int(line.split()[1]) * 1024 for path in (status, meminfo)
-          for line in path.read_text().splitlines() if line.endswith(" kB")}
+    sizes = {line.split(":")[0]: int(line.split()[1]) * 1024 for path in (status, meminfo)
+             for line in path.read_text().splitlines() if line.endswith(" kB")}
     limit, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if limit != resource.RLIM_INFINITY and limit - kb["VmSize"] < limit / 10:
+    if limit != resource.RLIM_INFINITY and limit - sizes["VmSize"] < limit / 10:
         return True
-    return kb["MemAvailable"] < kb["MemTotal"] / 20
+    return sizes["MemAvailable"] < sizes["MemTotal"] / 20
 
 
 def _choose_schedule(model: DetectionModel, config: FinetuneConfig, reference: DetectionModel | None,
