@@ -3,8 +3,8 @@
 Subcommands, chosen by the first word: `compress targets`, `compress bench ARTIFACT` (numpy, OpenCV, pyyaml and
 the artifact's runtime only: it runs on the device) and `compress report RUN_OR_BENCH ...`.
 
-Exit status: 0 when every gate holds, 1 when a gate fails, 2 on bad input, 3 on an internal error,
-130 when interrupted (rerun the same command to resume).
+Exit status: 0 when every gate holds, 1 when a gate fails, 2 on bad input or a fault of the machine or dataset,
+3 on an internal error, 130 when interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ EPILOG = """examples:
   compress bench model.onnx --data data.yaml time an artifact on this device (bench.json, bench.md)
   compress report out-x86 out-arm bench-pi5  compare runs and on-device benchmarks (report.md, plots)
 
-exit status: 0 all gates hold, 1 a gate failed (the report says which), 2 bad input,
-3 internal error, 130 interrupted (rerun the same command to resume where it stopped)."""
+exit status: 0 all gates hold, 1 a gate failed (the report says which), 2 bad input or a fault of the
+machine or dataset (a full disk, no such device, out of memory: the line says what to do), 3 internal error,
+130 interrupted (rerun the same command to resume where it stopped)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default="compress-out",
                    help="output folder; rerunning into it reuses finished stages (default: %(default)s)")
     p.add_argument("--imgsz", metavar="N", type=int, help="square input size, a multiple of 32 (default 640)")
-    p.add_argument("--device", metavar="cpu|0", help="device for PyTorch work: cpu or a CUDA index (default cpu)")
+    p.add_argument("--device", metavar="cpu|0|mps", help="device for PyTorch work: cpu, a CUDA index or mps (Apple "
+                   "silicon); checked before any work (default cpu)")
     p.add_argument("--prune", metavar="FLOPS_FRACTION", type=float,
                    help="fraction of FLOPs to remove by structured pruning, e.g. 0.35 (default 0: none)")
     p.add_argument("--quant", choices=("none", "ptq", "qat"),

@@ -47,8 +47,11 @@ class LogFile(io.TextIOBase):
 
     def _line(self, line: str) -> None:
         if self._file:
-            self._file.write(line)
-            self._file.flush()
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except OSError:  # a full disk: the run's own error says so; the log must not fail it first
+                self._file = None
         else:
             self._held.append(line)
 

@@ -56,7 +56,7 @@ class Recipe:
     data: str = ""
     target: str = "onnx"
     imgsz: int = 640
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, a CUDA index or mps: where PyTorch trains and evaluates (checked by the runner)
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
@@ -68,8 +68,8 @@ class Recipe:
         require(32 <= self.imgsz <= 4096 and self.imgsz % 32 == 0,
                 f"imgsz must be a multiple of 32 (the model's largest stride) between 32 and 4096, "
                 f"got {self.imgsz}; try {max(32, round(self.imgsz / 32) * 32)}")
-        require(self.device == "cpu" or self.device.isdigit(),
-                f"device must be 'cpu' or a CUDA index such as '0', got {self.device!r}")
+        require(self.device in ("cpu", "mps") or (self.device.isascii() and self.device.isdigit()),
+                f"device must be 'cpu', a CUDA index such as '0', or 'mps' (Apple), got {self.device!r}")
         get_target(self.target)  # an unknown name fails here, with the closest names suggested
         require(bool(self.model) == bool(self.data),
                 "give both model and data (your checkpoint and its dataset YAML), or neither for the demo")

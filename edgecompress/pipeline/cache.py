@@ -42,15 +42,22 @@ class Cache:
     """Finished stages under `root`, one folder each: `<name>-<key[:12]>/` with `done.json` written last."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.root = root  # created with the first stage it builds
 
     def sweep(self) -> list[str]:
-        """Delete the temporary folders of interrupted stages; call only while holding the output lock."""
+        """Delete the temporary folders of interrupted or failed stages; call only while holding the output lock."""
         stale = [p for p in self.root.glob(".tmp-*") if p.is_dir()]
         for p in stale:
             shutil.rmtree(p, ignore_errors=True)
         return [p.name for p in stale]
+
+    def finished(self, name: str, key: str) -> Entry | None:
+        """The finished stage `name` of this key, if there is one."""
+        folder = self.root / f"{name}-{key[:12]}"
+        if not (folder / DONE).is_file():
+            return None
+        record = json.loads((folder / DONE).read_text())
+        return Entry(name, key, folder, record["info"], reused=True, seconds=record["seconds"])
 
     def stage(self, name: str, key: str, build: Callable[[Path], dict[str, Any]]) -> Entry:
         """The finished stage `name` of this key: reused when present, else built by `build(folder)`.
@@ -58,11 +65,9 @@ class Cache:
         `build` writes its files into the folder it is given and returns a JSON-able info dict whose file
         references are relative to that folder.
         """
+        if entry := self.finished(name, key):
+            return entry
         final = self.root / f"{name}-{key[:12]}"
-        done = final / DONE
-        if done.is_file():
-            record = json.loads(done.read_text())
-            return Entry(name, key, final, record["info"], reused=True, seconds=record["seconds"])
         tmp = self.root / f".tmp-{name}-{key[:12]}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -60,7 +60,8 @@ def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str,
         "model": {"path": str(checkpoint), "sha256": checkpoint_sha, "names": list(dataset.names.values()),
                   **described},
         "data": {"path": str(dataset.yaml), "split": recipe.eval.split,
-                 "images": baseline["accuracy"]["images"]},
+                 "images": baseline["accuracy"]["images"],
+                 "unusable": {str(path): why for path, why in dataset.unusable.items()}},  # skipped by every stage
         "target": {"name": target.name, "runtime": target.runtime, "description": target.description},
         "host": host_info(),
         "recipe": recipe.to_dict(),
@@ -190,7 +191,7 @@ def verdict(report: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any], plot_name: str, out: Path) -> str:
-    model, target, host = report["model"], report["target"], report["host"]
+    model, target, host, data = report["model"], report["target"], report["host"], report["data"]
     base, last = report["stages"][0], report["stages"][-1]
     base_map, base_ms = base["accuracy"]["map50_95"], base["benchmark"]["inference"]["p50_ms"]
     last_ms = last["benchmark"]["inference"]["p50_ms"]
@@ -205,7 +206,8 @@ def markdown(report: dict[str, Any], plot_name: str, out: Path) -> str:
         f"PyTorch), {last['benchmark']['file_mb']:.1f} MB.",
         "",
         f"- model: `{model['path']}` ({model['architecture']}, classes: {', '.join(model['names'])})",
-        f"- data: `{report['data']['path']}`, split `{report['data']['split']}`, {report['data']['images']} images",
+        f"- data: `{data['path']}`, split `{data['split']}`, {data['images']} images"
+        + "".join(f"; skipped as unusable: `{path}` ({why})" for path, why in data["unusable"].items()),
         f"- target: {target['name']} ({target['description']})",
         f"- host: {host['cpu']}, {host['cores']} cores, Python {host['python']}",
         "",

@@ -16,6 +16,7 @@ from edgecompress import logs, progress
 from edgecompress.config import to_dict
 from edgecompress.errors import UserError
 from edgecompress.files import file_digest, write_atomic
+from edgecompress.pipeline import machine
 from edgecompress.pipeline import report as report_mod
 from edgecompress.pipeline.cache import DONE, Cache, Entry, OutputFolder
 from edgecompress.pipeline.stage import Artifact, Stage
@@ -107,19 +108,43 @@ class Runner:
         if recipe.imgsz % stride:
             raise UserError(f"imgsz {recipe.imgsz} is not a multiple of the model's stride {stride}; "
                             f"try {max(stride, round(recipe.imgsz / stride) * stride)}")
+        machine.check_device(recipe.device)
         dataset = Dataset.check(recipe.data, len(model.names), recipe.eval.split)
+        machine.check_training_memory(recipe, model, dataset)
         evaluate = Evaluator(dataset, recipe.imgsz, recipe.eval.split, recipe.eval.conf, recipe.eval.iou,
                              recipe.device)
         run = Run(recipe, self.target, checkpoint, model, dataset, evaluate, self.trust)
+        self.cache = Cache(self.out / "stages")
+        need = self._disk_need(run)
+        if machine.free_space(self.out) < need / 2:  # clearly too small: the estimate is generous, not tight
+            raise UserError(machine.space_message("too little free space", self.out,
+                                                  machine.scratch_folders(self.out)[self.out], need))
         folder = OutputFolder(self.out, checkpoint)
         try:
             log.open(self.out / logs.LOG_FILE)
-            self.cache = Cache(self.out / "stages")
             if stale := self.cache.sweep():
                 progress.note(f"removed {len(stale)} unfinished stage folder(s) left by an interrupted run")
             return self._run(run)
+        except Exception as e:
+            scratch = machine.scratch_folders(self.out)
+            full = None if isinstance(e, UserError) else machine.full_folder(e, list(scratch))
+            self.cache.sweep()  # the failed stage's folder: a rerun never trusts it, and its space is free again
+            if full:
+                raise UserError(machine.space_message("no space left", full, scratch[full],
+                                                      self._disk_need(run))) from e
+            raise
         finally:
             folder.release()
+
+    def _disk_need(self, run: Run) -> int:
+        """The disk space the stages still to run need: those from the first stage of the plan not finished yet."""
+        parent: Artifact | None = None
+        plan = self.target.plan(run.recipe)
+        for i, stage in enumerate(plan):
+            if (entry := self.cache.finished(stage.name, stage.key(parent, run))) is None:
+                return machine.disk_need(plan[i:], run.model)
+            parent = stage.output(parent, entry) or parent
+        return machine.disk_need([], run.model)  # only the published copy
 
     def _run(self, run: Run) -> dict[str, Any]:
         parent: Artifact | None = None

@@ -58,6 +58,7 @@ class _Train(ModelStage):
 
 class Prune(_Train):
     name = output_name = "prune"
+    disk = 1.0  # the pruned checkpoint
 
     def __init__(self, config: PruneConfig) -> None:
         self.config = config
@@ -79,6 +80,7 @@ class Finetune(_Train):
     """Recovers what pruning lost, against the user's unpruned model (schedule auto's yardstick)."""
 
     name = output_name = "finetune"
+    disk = 6.0  # the trainer's checkpoints (with optimizer state) of the last and best epoch, its start, the result
 
     def __init__(self, config: FinetuneConfig) -> None:
         self.config = config
@@ -103,6 +105,7 @@ class Export(ModelStage):
     most targets, or a runtime's own format (ncnn). Batch 1, static shape."""
 
     facts = ("imgsz",)
+    disk = 1.0
 
     def __init__(self, fmt: str, runtime: str, precision: str, **options: Any) -> None:
         self.fmt, self.runtime, self.precision, self.options = fmt, runtime, precision, options
@@ -125,6 +128,7 @@ class Convert(ModelStage):
     """The FP32 ONNX converted to the target runtime's own format (OpenVINO IR)."""
 
     precision = "fp32"
+    disk = 1.0
 
     def __init__(self, target: Target) -> None:
         self.target, self.runtime = target, target.runtime
@@ -143,6 +147,7 @@ class PTQ(ModelStage):
 
     precision = "int8"
     facts = ("data", "imgsz", "device", "eval")
+    disk = 1.5  # every quantizer's candidate and the fallback's steps
 
     def __init__(self, target: Target, config: QuantConfig) -> None:
         self.target, self.config = target, config
@@ -176,6 +181,7 @@ class QAT(ModelStage):
 
     precision = "int8"
     facts = ("data", "imgsz", "device", "eval")
+    disk = 7.0  # fine-tuning's checkpoints, then the FP32 export and the INT8 artifact
 
     def __init__(self, target: Target, config: QuantConfig) -> None:
         self.target, self.config = target, config
@@ -202,6 +208,7 @@ class Bundle(Stage):
 
     facts = ("runtime",)
     publishes_folder = True
+    disk = 1.5  # the QDQ ONNX and, where TensorRT runs, its engine
 
     def __init__(self, target: Target) -> None:
         self.target = target

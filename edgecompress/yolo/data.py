@@ -2,6 +2,10 @@
 mid-run), then handed to every stage as one `Dataset`: splits, images, train batches, subsets, calibration
 images, fingerprint.
 
+Images that cannot be used (truncated, not an image, unreadable) are found once, by the check Ultralytics' own
+datasets make (`verify_image_label`), and left out of every split here, so every stage skips the same ones the
+validator and the trainer skip.
+
 Never writes into the dataset and never downloads (Ultralytics would, for a YAML with a `download:` key).
 """
 
@@ -11,11 +15,14 @@ import logging
 import random
 from collections.abc import Iterator
 from functools import cached_property
+from itertools import repeat
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ultralytics.data.utils import check_det_dataset, img2label_paths
+from ultralytics.data.utils import check_det_dataset, img2label_paths, verify_image_label
+from ultralytics.utils import NUM_THREADS
 
 from edgecompress.device.images import list_images
 from edgecompress.errors import UserError
@@ -27,31 +34,46 @@ SPLITS = ("train", "val", "test")
 # which images happened to be drawn. 300 is also NNCF's default subset size.
 RECOMMENDED_CALIBRATION_IMAGES = 300
 MIN_CALIBRATION_IMAGES = 8  # below this the ranges are little more than one image's: refuse rather than ship blind
+NAMED = 5  # unusable images named in one message; the rest are counted
 
 
 class Dataset:
     """A checked detection dataset (see `check`): Ultralytics' parse of its YAML, and what the stages draw from it."""
 
-    def __init__(self, yaml_file: Path, info: dict[str, Any]) -> None:
+    def __init__(self, yaml_file: Path, info: dict[str, Any], unusable: dict[Path, str]) -> None:
         self.yaml = yaml_file
         self.info = info
+        self.unusable = unusable  # image -> why it cannot be used; left out of every split
 
     @classmethod
     def check(cls, data: str | Path, classes: int, eval_split: str = "val") -> Dataset:
         """Parse and check a detection dataset YAML against a model with `classes` classes.
 
-        Every split present must hold images whose labels are well formed, with class ids below `classes`;
-        the split used for evaluation must also have at least one labelled image.
+        Every split present must hold images whose labels are well formed, with class ids below `classes`, and at
+        least one image that can be used; the split used for evaluation must also have a labelled one. Images that
+        cannot be used are left out, with one warning that names them.
         """
-        return cls(Path(data).resolve(), _parse_and_check(Path(data), classes, eval_split))
+        info = _parse_and_check(Path(data), classes)
+        unusable: dict[Path, str] = {}
+        for split in SPLITS:
+            if info.get(split):
+                unusable |= _check_split(info, split, classes, split == eval_split, Path(data))
+        if unusable:
+            LOG.warning("skipping %d image(s) that cannot be used, in every stage, as Ultralytics' validator and "
+                        "trainer do: %s", len(unusable), _named([f"{p} ({why})" for p, why in unusable.items()]))
+        return cls(Path(data).resolve(), info, unusable)
 
     @property
     def names(self) -> dict[int, str]:
         return self.info["names"]
 
     def images(self, split: str) -> list[Path]:
-        """The image files of one split, sorted."""
-        return _split_images(self.info, split)
+        """The usable image files of one split, sorted."""
+        return [p for p in _split_images(self.info, split) if p not in self.unusable]
+
+    def unusable_note(self, split: str) -> str:
+        """For a message about too few images in a split: " (N more cannot be used: a.jpg, ...)", or ""."""
+        return _unusable_note([p for p in _split_images(self.info, split) if p in self.unusable])
 
     @cached_property
     def fingerprint(self) -> str:
@@ -94,9 +116,9 @@ class Dataset:
         RECOMMENDED_CALIBRATION_IMAGES: calibration data comes from the train split, never the eval split."""
         images = self.images("train")
         if len(images) < MIN_CALIBRATION_IMAGES:
-            raise UserError(f"the train split of {self.yaml} has {len(images)} images, too few to calibrate INT8 "
-                            f"ranges (at least {MIN_CALIBRATION_IMAGES}, {RECOMMENDED_CALIBRATION_IMAGES} "
-                            f"recommended); add images or use --quant none")
+            raise UserError(f"the train split of {self.yaml} has {len(images)} images{self.unusable_note('train')}, "
+                            f"too few to calibrate INT8 ranges (at least {MIN_CALIBRATION_IMAGES}, "
+                            f"{RECOMMENDED_CALIBRATION_IMAGES} recommended); add images or use --quant none")
         chosen = sorted(random.Random(seed).sample(images, count)) if count < len(images) else images
         if len(chosen) < RECOMMENDED_CALIBRATION_IMAGES:
             LOG.warning(
@@ -108,8 +130,8 @@ class Dataset:
         return chosen
 
 
-def _parse_and_check(data: Path, classes: int, eval_split: str) -> dict[str, Any]:
-    """Ultralytics' parse of the YAML, every label checked (see Dataset.check)."""
+def _parse_and_check(data: Path, classes: int) -> dict[str, Any]:
+    """Ultralytics' parse of the YAML, its class count checked against the model's."""
     data = Path(data)
     if not data.is_file():
         raise UserError(f"dataset YAML {data} does not exist; pass the data.yaml the model was trained with")
@@ -122,13 +144,38 @@ def _parse_and_check(data: Path, classes: int, eval_split: str) -> dict[str, Any
     if info["nc"] != classes:
         raise UserError(f"dataset YAML {data} has {info['nc']} classes but the model has {classes}; "
                         f"pass the dataset the model was trained on")
-    for split in SPLITS:
-        if info.get(split):
-            labelled = _check_labels(_split_images(info, split), classes)
-            if split == eval_split and not labelled:
-                raise UserError(f"the '{split}' split of {data} has no labels: put one .txt per image in the "
-                                f"'labels' folder beside 'images' (YOLO layout), or evaluate on another split")
     return info
+
+
+def _check_split(info: dict[str, Any], split: str, classes: int, evaluated: bool, data: Path) -> dict[Path, str]:
+    """Check one split's labels (a malformed one is an error) and images; return its unusable images and why."""
+    images = _split_images(info, split)
+    labels = [Path(p) for p in img2label_paths([str(p) for p in images])]
+    labelled = {image for image, label in zip(images, labels) if _check_label_file(label, classes)}
+    with ThreadPool(NUM_THREADS) as pool:  # what Ultralytics' datasets run on every image and label before use
+        checked = pool.map(verify_image_label, zip(map(str, images), map(str, labels), repeat(""), repeat(False),
+                                                   repeat(classes), repeat(0), repeat(0), repeat(False)))
+    unusable = {image: result[-1].rpartition("ignoring corrupt image/label: ")[2].replace(f" '{image}'", "")
+                for image, result in zip(images, checked) if result[0] is None}  # Ultralytics' message: its reason
+    usable = [p for p in images if p not in unusable]
+    if not usable:
+        raise UserError(f"none of the {len(images)} images of the '{split}' split of {data} can be used "
+                        f"({_named(images)}); replace them or fix the split's entry in the YAML")
+    if evaluated and not labelled.intersection(usable):
+        raise UserError(f"the '{split}' split of {data} has no labels{_unusable_note(list(unusable))}: put one "
+                        f".txt per image in the 'labels' folder beside 'images' (YOLO layout), or evaluate on "
+                        f"another split")
+    return unusable
+
+
+def _unusable_note(images: list[Path]) -> str:
+    return f" ({len(images)} more cannot be used: {_named(images)})" if images else ""
+
+
+def _named(items: list[Any]) -> str:
+    """The first NAMED items, and how many more (report.json's data.unusable lists every unusable image)."""
+    more = f" and {len(items) - NAMED} more" if len(items) > NAMED else ""
+    return ", ".join(map(str, items[:NAMED])) + more
 
 
 def _check_declared_count(data: Path, classes: int) -> None:
@@ -149,19 +196,21 @@ def _check_declared_count(data: Path, classes: int) -> None:
                         f"dataset the model was trained on, or write its class names under 'names'")
 
 
-def _check_labels(images: list[Path], classes: int) -> int:
-    """Check every label file of these images; return how many images have at least one box."""
-    labelled = 0
-    for label in map(Path, img2label_paths([str(p) for p in images])):
-        if not label.is_file():
-            continue  # an image without a label file is a background image, which YOLO allows
-        boxes = 0
-        for number, line in enumerate(label.read_text(errors="replace").splitlines(), 1):
-            if fields := line.split():
-                _check_label_line(label, number, fields, classes)
-                boxes += 1
-        labelled += boxes > 0
-    return labelled
+def _check_label_file(label: Path, classes: int) -> bool:
+    """Check one image's label file, if it has one (an image without is a background image, which YOLO allows);
+    return whether it holds a box."""
+    if not label.is_file():
+        return False
+    try:
+        text = label.read_text(errors="replace")
+    except OSError as e:
+        raise UserError(f"label file {label} cannot be read ({e.strerror}); fix its permissions or remove it") from None
+    boxes = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if fields := line.split():
+            _check_label_line(label, number, fields, classes)
+            boxes += 1
+    return boxes > 0
 
 
 def _check_label_line(label: Path, number: int, fields: list[str], classes: int) -> None:

@@ -9,6 +9,8 @@ holds when Ultralytics re-creates the trainer in a DDP subprocess. The schedules
 from __future__ import annotations
 
 import csv
+import errno
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,6 +28,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from edgecompress import progress
 from edgecompress.config import require
+from edgecompress.errors import UserError, causes
 from edgecompress.yolo.config import FinetuneConfig
 from edgecompress.yolo.model import Evaluator, save_checkpoint
 
@@ -164,12 +167,50 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
         trainer.add_callback("on_fit_epoch_end", lambda t: epochs.advance(**{
             "loss": round(float(sum(t.tloss.values())), 3),
             "val mAP50-95": round(t.metrics.get("metrics/mAP50-95(B)", 0), 4)}))
-        trainer.train()
+        try:
+            trainer.train()
+        except Exception as e:
+            if not isinstance(e, UserError) and (memory := _ran_out_of(e)):
+                key = "quant.qat.batch" if qat_batches else "finetune.batch"
+                smaller = f"set {key}: {trainer.batch_size // 2} in the recipe" if trainer.batch_size > 1 else \
+                    "use a smaller imgsz"
+                raise UserError(f"{'QAT' if qat_batches else 'fine-tuning'} ran out of {memory} at batch {trainer.batch_size} "
+                                f"({key}); {smaller} and "
+                                f"rerun: the stages finished before it are reused") from e
+            raise
     best, _ = load_checkpoint(trainer.best if trainer.best.exists() else trainer.last)
     best = getattr(best, "student_model", best)  # a distillation checkpoint holds the student inside
     info = {"config": asdict(config), "schedule": {**chosen, "settings": settings},
             "seconds": round(time.time() - t0, 1), "epochs_log": _results(trainer.csv)}
     return best.float().eval(), info
+
+
+def _ran_out_of(error: BaseException) -> str | None:
+    """Which memory ran out, if that is what ended `error`: the GPU's (torch.OutOfMemoryError), or the machine's:
+    MemoryError, ENOMEM, PyTorch's or OpenCV's allocation failures (RuntimeErrors), or any error while the memory
+    this process may use is (nearly) exhausted: oneDNN, which runs PyTorch's CPU convolutions, reports its failed
+    allocations as "could not create a primitive"."""
+    for e in causes(error):
+        if isinstance(e, torch.OutOfMemoryError):
+            return "GPU memory"
+        if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM) or \
+                any(words in str(e) for words in ("can't allocate memory", "Insufficient memory")):
+            return "memory"
+    return "memory" if _memory_nearly_exhausted() else None
+
+
+def _memory_nearly_exhausted() -> bool:
+    """Less than a tenth of this process's address-space limit (ulimit -v), or a twentieth of the machine's memory, is
+    left (Linux; elsewhere this cannot tell)."""
+    status, meminfo = Path("/proc/self/status"), Path("/proc/meminfo")
+    if not status.is_file():
+        return False
+    sizes = {line.split(":")[0]: int(line.split()[1]) * 1024 for path in (status, meminfo)
+             for line in path.read_text().splitlines() if line.endswith(" kB")}
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit != resource.RLIM_INFINITY and limit - sizes["VmSize"] < limit / 10:
+        return True
+    return sizes["MemAvailable"] < sizes["MemTotal"] / 20
 
 
 def _choose_schedule(model: DetectionModel, config: FinetuneConfig, reference: DetectionModel | None,
