@@ -57,8 +57,9 @@ class LogFile(io.TextIOBase):
 
     def open(self, path: Path) -> None:
         self._file = open(path, "a", encoding="utf-8")
-        self._file.write("".join(self._held))
-        self._held.clear()
+        held, self._held = self._held, []
+        for line in held:
+            self._line(line)
 
     def close(self) -> None:
         if self._partial:
