@@ -1,7 +1,7 @@
 """The stages of the flow. Targets arrange them into plans (edgecompress.targets); the runner runs a plan.
 
-load -> [prune -> fine-tune] -> export -> [convert] -> [PTQ | QAT | FP16] -> [bundle]; every model is then evaluated and
-benchmarked (Evaluate, Bench). Heavy libraries are imported inside `run`, so a plan can be built anywhere.
+load -> [prune -> fine-tune] -> export -> [convert] -> [PTQ | QAT | FP16] -> [bundle]; every model is then evaluated
+and benchmarked (Evaluate, Bench). Heavy libraries are imported inside `run`, so a plan can be built anywhere.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 // of the network input, the following rows each class's score after the sigmoid. The engine does no NMS: nvinfer
 // clusters the boxes this returns (cluster-mode=2 in the bundle's config).
 //
-// Build on the device (DeepStream and CUDA headers installed with DeepStream):
-//   g++ -std=c++17 -O2 -shared -fPIC -I/opt/nvidia/deepstream/deepstream/sources/includes \
+// Build on the device (DeepStream and CUDA headers installed with DeepStream), one line:
+//   g++ -std=c++17 -O2 -shared -fPIC -I/opt/nvidia/deepstream/deepstream/sources/includes
 //       -I/usr/local/cuda/include nvdsparsebbox_ultralytics.cpp -o libnvdsparsebbox_ultralytics.so
 
 #include <algorithm>
