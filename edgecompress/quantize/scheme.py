@@ -23,9 +23,9 @@ class Scheme:
     # grid-preserving ops (Concat, Split, MaxPool, Resize), one scale across the tensors those ops join, and no
     # second Q/DQ after them (OpenVINO runs each Q/DQ pair as a FakeQuantize; BENCHMARKS.md, "x86 QDQ with NNCF's
     # whole placement").
-    # "tensorrt": NNCF's, but every quantized op keeps a DequantizeLinear right at its input, also behind a Concat
-    # or MaxPool of values on one grid (TensorRT fuses a Conv into INT8 only from a DequantizeLinear; the pair
-    # behind a grid-preserving op is exact, and TensorRT folds it into the op).
+    # "tensorrt": at the inputs of convolutions, Add and MaxPool only, as NVIDIA ModelOpt places them for TensorRT:
+    # TensorRT fuses a Conv into INT8 from the DequantizeLinear right at its input, and moves the quantization of a
+    # Concat's, Split's or Resize's output back through it to the producers, so those carry no Q/DQ of their own.
     placement: Literal["outputs", "nncf", "tensorrt"] = "outputs"
 
     @property
@@ -40,7 +40,8 @@ class Scheme:
     @property
     def quantized_ops(self) -> list[str] | None:
         """The op types whose inputs carry Q/DQ; None: every op, outputs included."""
-        return ["Conv", "Add", *GRID_PRESERVING] if self.inputs_only else None
+        return {"outputs": None, "nncf": ["Conv", "Add", *GRID_PRESERVING],
+                "tensorrt": ["Conv", "Add", "MaxPool"]}[self.placement]
 
     def describe(self) -> dict[str, str]:
         return {"activations": f"{self.activation_type} {'symmetric' if self.symmetric_activations else 'asymmetric'}",

@@ -31,7 +31,7 @@ class Int8Rules:
     symmetric_activations: bool
     # where Q/DQ go (edgecompress.quantize.scheme.Scheme): "outputs" (onnxruntime's: every quantizable op's inputs and
     # outputs, for its QLinear kernels), "nncf" (NNCF's: inputs of Conv, Add and the grid-preserving ops, one scale
-    # across what those join) or "tensorrt" (NNCF's, a DequantizeLinear kept at every quantized op's input)
+    # across what those join) or "tensorrt" (ModelOpt's for TensorRT: inputs of Conv, Add and MaxPool)
     placement: Literal["outputs", "nncf", "tensorrt"] = "outputs"
     strict: bool = False  # the runtime accepts only symmetric activations and per-channel weights (TensorRT)
 

@@ -38,8 +38,8 @@ DLA_REPORT = "dla.json"
 _NO_ENGINE = "the engine is built on the device: copy this folder there and run trtexec.sh, or " \
              "`python3 -m edgecompress.targets.tensorrt FOLDER --target NAME` for the .engine with metadata"
 # TensorRT explicit quantization accepts only symmetric int8 (zero point 0), per-channel weights, opset >= 13. Q/DQ at
-# the inputs of convolutions, Add and the grid-preserving ops, never on a convolution's output: TensorRT fuses
-# Conv + SiLU + the next layer's Q into one INT8 kernel, and a Q/DQ between them would cost a reformat each.
+# the inputs of convolutions, Add and MaxPool, never on a convolution's output: TensorRT fuses Conv + SiLU + the
+# next layer's Q into one INT8 kernel, and a Q/DQ between them would cost a reformat each.
 TRT_INT8 = Int8Rules(("qdq",), "int8", symmetric_activations=True, placement="tensorrt", strict=True)
 
 
