@@ -139,6 +139,7 @@ def test_every_board_gets_trtexec_deepstream_and_dla_files(tmp_path: Path, fp16_
         assert prop["parse-bbox-func-name"] == PARSER_FUNCTION and prop["custom-lib-path"] == PARSER_LIBRARY
         assert prop.get("use-dla-core") == (None if dla is None else str(dla))
         assert float(parser["class-attrs-all"]["pre-cluster-threshold"]) == 0.25
+        assert prop["network-mode"] == "2"  # FP16 (the INT8 bundle's say 1)
     assert info["deepstream"]["configs"] == [config_name(s) for s, _ in
                                              [("model", None), *([("model.dla0", 0)] if target.dla_cores else [])]]
     assert PARSER_FUNCTION in (bundle / info["deepstream"]["parser"]).read_text()

@@ -1,4 +1,5 @@
-"""TensorRT engines built from the pipeline's strongly typed QDQ ONNX, loaded by Ultralytics and timed by `compress bench`.
+"""TensorRT engines built from the pipeline's strongly typed QDQ ONNX, loaded by Ultralytics and timed by
+`compress bench`.
 
 Runs only where TensorRT is usable (it imports and a builder can be created: an NVIDIA GPU or a Jetson); anywhere
 else it is skipped with the reason, never faked.

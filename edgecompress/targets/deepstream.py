@@ -28,9 +28,9 @@ def config_name(stem: str) -> str:
     return f"config_infer_primary_{stem}.txt"
 
 
-def write(folder: Path, metadata: dict[str, Any], builds: list[tuple[str, int | None]]) -> dict[str, Any]:
-    """labels.txt, the parser's source and one nvinfer config per engine ((stem, DLA core) of `builds`) into the
-    bundle `folder`; returns the file names for the report."""
+def write(folder: Path, metadata: dict[str, Any], builds: list[tuple[str, int | None]], int8: bool) -> dict[str, Any]:
+    """labels.txt, the parser's source and one nvinfer config per engine ((stem, DLA core) of `builds`; `int8`: the
+    engine's ONNX has Q/DQ) into the bundle `folder`; returns the file names for the report."""
     names = {int(k): v for k, v in metadata["names"].items()}
     (folder / LABELS).write_text("".join(f"{names[i]}\n" for i in range(len(names))))
     source = resources.files("edgecompress.targets") / PARSER_SOURCE
@@ -38,11 +38,11 @@ def write(folder: Path, metadata: dict[str, Any], builds: list[tuple[str, int | 
     configs = []
     for stem, dla in builds:
         configs.append(config_name(stem))
-        (folder / configs[-1]).write_text(nvinfer_config(f"{stem}.plan", metadata, len(names), dla))
+        (folder / configs[-1]).write_text(nvinfer_config(f"{stem}.plan", metadata, len(names), dla, int8))
     return {"configs": configs, "labels": LABELS, "parser": PARSER_SOURCE, "build": BUILD}
 
 
-def nvinfer_config(engine: str, metadata: dict[str, Any], classes: int, dla_core: int | None) -> str:
+def nvinfer_config(engine: str, metadata: dict[str, Any], classes: int, dla_core: int | None, int8: bool) -> str:
     """The [property] and [class-attrs-all] groups of a gst-nvinfer config for one engine of the bundle."""
     height, width = metadata["imgsz"]
     lines = [
@@ -63,7 +63,7 @@ def nvinfer_config(engine: str, metadata: dict[str, Any], classes: int, dla_core
         f"labelfile-path={LABELS}",
         f"infer-dims=3;{height};{width}",
         "batch-size=1",
-        "network-mode=2",  # informational only for a prebuilt engine: its precision is the ONNX's own typing
+        f"network-mode={1 if int8 else 2}",  # INT8 / FP16; for a prebuilt engine a label: its ONNX's typing rules
         f"num-detected-classes={classes}",
         "interval=0",
         "gie-unique-id=1",

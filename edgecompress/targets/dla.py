@@ -19,7 +19,7 @@ from onnx import TensorProto
 from edgecompress.targets.typed import tensor_types
 
 # DLA Shuffle (Reshape, Transpose), Slice and Softmax run 4-D tensors only; DLA's Softmax, over channels only.
-ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu")  # DLA Activation: ReLU, Sigmoid, TanH, Clipped/Leaky ReLU
+ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu")  # ReLU, Sigmoid, TanH, Clipped and Leaky ReLU
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow")  # DLA ElementWise: Sum, Sub, Prod, Div, Max, Min, Pow
 POOLING = ("MaxPool", "AveragePool")
 

@@ -139,9 +139,11 @@ def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: JetsonTarg
     builds = _builds(target)
     (folder / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_copy.name, builds, target))
     model = onnx.load(str(onnx_copy))
+    int8 = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     info: dict[str, Any] = {"target": target.name, "onnx": onnx_copy.name, "trtexec": TRTEXEC_SCRIPT,
                             "typing": typed.summary(model, typed.fp32_nodes(model)),
-                            "deepstream": deepstream.write(folder, metadata, builds), "engine": None, "engines": []}
+                            "deepstream": deepstream.write(folder, metadata, builds, int8), "engine": None,
+                            "engines": []}
     if target.dla_cores:
         info["dla"] = {"report": DLA_REPORT, **dla_report(model)}
         (folder / DLA_REPORT).write_text(json.dumps(info["dla"], indent=1))
