@@ -15,6 +15,7 @@ softmax keep their precision in FP16.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ def to_fp16(source: Path, dest: Path, keep_fp32: list[str]) -> Path:
     """`source` (FP32, or a QDQ ONNX whose float parts are FP32) with every float tensor FP16 except the nodes in
     `keep_fp32` and the network's input and output; Ultralytics' metadata kept. Deterministic: no node is kept in
     FP32 for the values it saw on sample data (AutoCast's data_max), only by name."""
-    from modelopt.onnx.autocast import convert_to_mixed_precision
+    from modelopt.onnx.autocast import configure_logging, convert_to_mixed_precision
 
+    configure_logging(logging.ERROR)  # its per-node INFO lines and benign warnings would flood the run's log
     original = onnx.load(str(source), load_external_data=False)
     model = convert_to_mixed_precision(str(source), low_precision_type="fp16", keep_io_types=True,
                                        data_max=np.inf, nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep_fp32])
