@@ -10,6 +10,7 @@ device's (edgecompress.device.tensorrt); this module builds them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -40,6 +41,10 @@ _NO_ENGINE = "the engine is built on the device: copy this folder there and run 
 # TensorRT explicit quantization accepts only symmetric int8 (zero point 0), per-channel weights, opset >= 13. Q/DQ at
 # the inputs of convolutions, Add and MaxPool, never on a convolution's output: TensorRT fuses Conv + SiLU + the
 # next layer's Q into one INT8 kernel, and a Q/DQ between them would cost a reformat each.
+# What `modelopt.onnx.autocast` imports beyond modelopt itself: its [onnx] extra, without that extra's pins
+# (onnx~=1.21, onnxruntime-gpu, cupy), which would replace the runtimes the pipeline measures with.
+AUTOCAST_MODULES = {"modelopt": "nvidia-modelopt", "onnx_graphsurgeon": "onnx-graphsurgeon",
+                    "onnxscript": "onnxscript", "lief": "lief"}
 TRT_INT8 = Int8Rules(("qdq",), "int8", symmetric_activations=True, placement="tensorrt", strict=True)
 
 
@@ -54,9 +59,9 @@ class JetsonTarget(Target):
     def unusable(self) -> str | None:
         from edgecompress.device.runtime import RUNTIMES
 
-        # the bundle is prepared anywhere (its engine is built where TensorRT runs); its ONNX is measured in
-        # onnxruntime on the CPU, the accuracy proxy for the engine
-        return RUNTIMES["onnxruntime"].unusable()
+        # the bundle is prepared anywhere (its engine is built where TensorRT runs): its ONNX is typed by ModelOpt
+        # and measured in onnxruntime on the CPU, the accuracy proxy for the engine
+        return RUNTIMES["onnxruntime"].unusable() or autocast_missing()
 
     def deploy(self, recipe: Recipe) -> list[Stage]:
         """The FP32 export, then INT8 where the recipe asks for it, else FP16; then the bundle of that model."""
@@ -86,6 +91,13 @@ class JetsonTarget(Target):
     def bundle(self, model: Artifact, folder: Path) -> dict[str, Any]:
         metadata = yaml.safe_load((model.sources["onnx"].parent / "metadata.yaml").read_text())
         return prepare_jetson(model.path, metadata, self, folder)
+
+
+def autocast_missing() -> str | None:
+    """Why ModelOpt's AutoCast cannot type graphs here (with what to install), or None; imports nothing."""
+    missing = [package for module, package in AUTOCAST_MODULES.items() if importlib.util.find_spec(module) is None]
+    return (f"strongly typed ONNX for TensorRT needs NVIDIA ModelOpt's AutoCast: pip install {' '.join(missing)}"
+            if missing else None)
 
 
 def fp16(source: Path, dest: Path) -> Path:

@@ -27,6 +27,7 @@ from onnx import TensorProto, numpy_helper
 from edgecompress.calibration.graph import GRID_PRESERVING, head_decode_nodes, head_scope
 
 FLOATS = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16"}
+
 # The ops that read dequantized INT8 tensors as INT8 in TensorRT (its Q/DQ fusions): a DequantizeLinear feeding
 # any other op hands an INT8 tensor to a float layer, a reformat of its own in the engine.
 INT8_CONSUMERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", *GRID_PRESERVING}
