@@ -46,7 +46,7 @@ def test_minmax_asymmetric_uint8_scales(tmp_path):
     model = detector(tmp_path / "m.onnx")
     ranges = calibrate(model, ramp_inputs(), "minmax")
     assert ranges.tensors["images"] == pytest.approx((-1.0, 3.0))
-    out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(False, True, False), ["/model.1/Sigmoid"])
+    out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(False, True), ["/model.1/Sigmoid"])
     scale, zero = qdq_params(out, "images")
     assert float(scale) == pytest.approx(4.0 / 255)  # (3 - -1) / 255
     assert int(zero) == 64 and zero.dtype == np.uint8  # round(1 / (4/255)) = round(63.75)
@@ -56,7 +56,7 @@ def test_minmax_symmetric_int8_scales_and_per_channel_weights(tmp_path):
     model = detector(tmp_path / "m.onnx")
     ranges = calibrate(model, ramp_inputs(), "minmax", symmetric=True)
     assert ranges.tensors["images"] == pytest.approx((-3.0, 3.0))
-    out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(True, True, True), ["/model.1/Sigmoid"])
+    out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(True, True, "tensorrt"), ["/model.1/Sigmoid"])
     scale, zero = qdq_params(out, "images")
     assert float(scale) == pytest.approx(3.0 / 127) and int(zero) == 0 and zero.dtype == np.int8
     assert weight_scales(out, "w0") == pytest.approx([0.5 / 127, 2.0 / 127])  # max |w| of each output channel
@@ -66,7 +66,7 @@ def test_minmax_symmetric_int8_scales_and_per_channel_weights(tmp_path):
 def test_per_tensor_weights_take_the_largest_channel(tmp_path):
     model = detector(tmp_path / "m.onnx")
     ranges = calibrate(model, ramp_inputs(), "minmax")
-    out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(False, False, False), ["/model.1/Sigmoid"])
+    out = quantize_qdq(model, ranges, tmp_path / "q.onnx", Scheme(False, False), ["/model.1/Sigmoid"])
     assert weight_scales(out, "w0") == pytest.approx(2.0 / 127)
 
 
@@ -158,7 +158,7 @@ def test_the_layer_reading_the_coarsest_activation_ranks_first(tmp_path):
     # quantized model, the Q/DQ in front of it destroys far more signal than the one in front of the first conv.
     low, high = ranges.tensors["b"]
     wide = Ranges(ranges.method, False, None, ranges.images, {**ranges.tensors, "b": (low, high * 100)})
-    quantized = quantize_qdq(model, wide, tmp_path / "q.onnx", Scheme(False, True, False), ["/model.1/Sigmoid"])
+    quantized = quantize_qdq(model, wide, tmp_path / "q.onnx", Scheme(False, True), ["/model.1/Sigmoid"])
     ranked = lost_signal(quantized, ramp_inputs(), ["/model.0/conv/Conv", "/model.1/cv2.0/cv2.0.0/Conv"])
     assert [name for name, _ in ranked] == ["/model.1/cv2.0/cv2.0.0/Conv", "/model.0/conv/Conv"]
     assert ranked[1][1] - ranked[0][1] > 20  # dB: 100x coarser steps are 40 dB of SQNR

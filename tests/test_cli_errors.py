@@ -215,7 +215,3 @@ def test_bad_recipe_file(capsys, tmp_path: Path, text: str, message: str) -> Non
     (tmp_path / "r.yaml").write_text(text)
     expect_bad_input(capsys, tmp_path, message, "--recipe", str(tmp_path / "r.yaml"))
 
-
-def test_jetson_needs_int8(capsys, tmp_path: Path) -> None:
-    expect_bad_input(capsys, tmp_path, "engines are built from the INT8 QDQ ONNX; use --quant ptq",
-                     "--target", "jetson", "--quant", "none")

@@ -24,9 +24,9 @@ from edgecompress.targets import TARGETS, tensorrt_rules
 from edgecompress.targets.openvino import to_ir
 
 DECODE = ["/model.1/Sigmoid", "/model.1/Mul"]
-TENSORRT = Scheme(symmetric_activations=True, per_channel=True, float_weights=True)
-ONNXRUNTIME = Scheme(symmetric_activations=False, per_channel=True, float_weights=False)
-OPENVINO = Scheme(symmetric_activations=False, per_channel=True, float_weights=False, nncf_placement=True)
+TENSORRT = Scheme(symmetric_activations=True, per_channel=True, placement="tensorrt")
+ONNXRUNTIME = Scheme(symmetric_activations=False, per_channel=True)
+OPENVINO = Scheme(symmetric_activations=False, per_channel=True, placement="nncf")
 
 
 @pytest.fixture
@@ -90,10 +90,8 @@ def test_validator_rejects_each_broken_rule(fp32, tmp_path):
 
     def weight_per_tensor(m):
         dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("w0"))
-        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.output[0] == dq.input[0])
-        scale = numpy_helper.from_array(np.array(2 / 127, np.float32), "per_tensor_scale")
-        m.graph.initializer.append(scale)
-        dq.input[1] = q.input[1] = "per_tensor_scale"
+        m.graph.initializer.append(numpy_helper.from_array(np.array(2 / 127, np.float32), "per_tensor_scale"))
+        dq.input[1] = "per_tensor_scale"
 
     def weight_axis_1(m):
         for n in m.graph.node:
@@ -120,7 +118,8 @@ def test_validator_rejects_each_broken_rule(fp32, tmp_path):
         problems = broken(change)
         assert any(message in p for p in problems), (change.__name__, problems)
 
-    decode_quantized = tensorrt_rules.violations(onnx.load(str(qdq(fp32, tmp_path, TENSORRT, exclude=[],
+    every_output = Scheme(symmetric_activations=True, per_channel=True)  # quantizes the Sigmoid's output too
+    decode_quantized = tensorrt_rules.violations(onnx.load(str(qdq(fp32, tmp_path, every_output, exclude=[],
                                                                    name="all.onnx"))))
     assert any("/model.1/Sigmoid: part of the head's decode" in p for p in decode_quantized)
     with pytest.raises(tensorrt_rules.TensorRTRuleError, match="opset 12"):
@@ -151,12 +150,12 @@ def test_each_target_gets_its_runtimes_placement(fp32, tmp_path):
     assert Scheme.of(TARGETS["jetson-orin-nano"], config) == TENSORRT
 
     def quantized_tensors(scheme: Scheme) -> set[str]:
-        model = onnx.load(str(qdq(fp32, tmp_path, scheme, exclude=[], name=f"{scheme.nncf_placement}.onnx")))
+        model = onnx.load(str(qdq(fp32, tmp_path, scheme, exclude=[], name=f"{scheme.placement}.onnx")))
         return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
 
-    # OpenVINO: the two convolutions' inputs only (the input image, the Relu's output); no Q/DQ after a
-    # convolution or around Relu, Sigmoid and Mul, and no int32 bias
-    assert quantized_tensors(OPENVINO) == {"images", "b"}
+    # OpenVINO and TensorRT: the two convolutions' inputs only (the input image, the Relu's output); no Q/DQ after
+    # a convolution or around Relu, Sigmoid and Mul, and no int32 bias
+    assert quantized_tensors(OPENVINO) == quantized_tensors(TENSORRT) == {"images", "b"}
     assert {"images", "b", "c"} <= quantized_tensors(ONNXRUNTIME)  # and a convolution's output, for QLinearConv
 
 

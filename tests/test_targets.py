@@ -1,22 +1,20 @@
-"""The target registry: every profile's rules, the registry's errors, `compress targets`, and the Jetson bundle
-that a host without TensorRT hands to the device."""
+"""The target registry: every profile's rules, the registry's errors, `compress targets`, and the engine header
+Ultralytics reads (the Jetson bundle itself: test_jetson.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from tiny_models import detector
 
 from edgecompress.cli import main
 from edgecompress.config import ConfigError
 from edgecompress.device.runtime import RUNTIMES
-from edgecompress.device.tensorrt import read_engine, unusable_reason, write_engine
+from edgecompress.device.tensorrt import read_engine, write_engine
 from edgecompress.errors import UserError
 from edgecompress.quantize.quantizers import QUANTIZERS
 from edgecompress.targets import ALIASES, TARGETS, Int8Rules, Target, get_target
-from edgecompress.targets.tensorrt import JetsonTarget, prepare_jetson
+from edgecompress.targets.tensorrt import JetsonTarget
 
 JETSONS = [t for t in TARGETS.values() if isinstance(t, JetsonTarget)]
 CPUS = [t for t in TARGETS.values() if not isinstance(t, JetsonTarget)]
@@ -38,8 +36,8 @@ def test_jetsons_follow_tensorrt_rules(target: Target) -> None:
     rules = target.int8
     assert rules is not None
     assert rules.symmetric_activations and rules.activation_type == "int8"  # zero point 0
-    assert rules.strict and rules.float_weights
-    assert target.channel_multiple == 8 and target.fp16_fallback and "fp16" in target.precisions
+    assert rules.strict and rules.placement == "tensorrt"
+    assert target.channel_multiple == 8 and "fp16" in target.precisions
     assert target.workspace_mib > 0  # the boards share memory with the application
 
 
@@ -110,24 +108,3 @@ def test_engine_header_is_the_one_ultralytics_reads(tmp_path: Path) -> None:
     assert read_engine(tmp_path / "m.engine") == (metadata, plan)
     (tmp_path / "m.plan").write_bytes(plan)
     assert read_engine(tmp_path / "m.plan") == ({}, plan)
-
-
-@pytest.mark.skipif(unusable_reason() is None, reason="TensorRT is usable here: test_tensorrt.py builds engines")
-@pytest.mark.parametrize("target", JETSONS, ids=[t.name for t in JETSONS])
-def test_prepare_jetson_without_tensorrt_hands_over_the_bundle(tmp_path: Path, target: Target) -> None:
-    onnx_path = detector(tmp_path / "model_int8.onnx")
-    metadata = {"stride": 32, "names": {0: "raccoon"}, "imgsz": [96, 96]}
-    info = prepare_jetson(onnx_path, metadata, target, tmp_path / "jetson")
-    bundle = tmp_path / "jetson"
-    assert info["engine"] is None and info["engines"] == []
-    assert unusable_reason() in info["reason"] and "the engine is built on the device" in info["reason"]
-    assert (bundle / info["onnx"]).read_bytes() == onnx_path.read_bytes()
-    assert json.loads((bundle / "metadata.json").read_text()) == json.loads(json.dumps(metadata))
-    script = (bundle / info["trtexec"]).read_text()
-    commands = [li for li in script.splitlines() if li.startswith('"$TRTEXEC"')]
-    assert len(commands) == (2 if target.dla_cores else 1)
-    for command in commands:
-        assert "--onnx=model_int8.onnx" in command and "--int8 --fp16" in command
-        assert f"--memPoolSize=workspace:{target.workspace_mib}" in command and "--timingCacheFile=" in command
-    assert ("--useDLACore=0 --allowGPUFallback" in script) == bool(target.dla_cores)
-    assert not list(bundle.glob("*.engine")) and not list(bundle.glob("*.plan"))

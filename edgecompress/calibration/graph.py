@@ -18,8 +18,8 @@ def head_scope(model: onnx.ModelProto) -> str:
     """The name prefix of the head module ('/model.22/'), found from the node that writes the first output."""
     producers = {out: node for node in model.graph.node for out in node.output}
     node = producers[model.graph.output[0].name]
-    while node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] in producers:
-        node = producers[node.input[0]]  # a quantized output: the head is behind its Q/DQ
+    while node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast") and node.input[0] in producers:
+        node = producers[node.input[0]]  # a quantized or cast output: the head is behind its Q/DQ or Cast
     match = _MODULE.match(node.name)
     if not match:
         raise ValueError(f"cannot find the detection head: output node {node.name!r} is not in a model.N scope "

@@ -13,6 +13,10 @@ report.json (schema "edgecompress.report/1"):
                         memory: {peak_rss_mb, session_rss_mb}, host}}]
      where LATENCY = {runs, p50_ms, p90_ms, p99_ms, mean_ms, throughput_fps}
   final: {stage, artifact (path of the published artifact, relative to the output folder)}
+  bundle: what a device bundle holds (Jetson: target, onnx, trtexec, typing {opset, fp32_nodes, fp16_tensors,
+          fp32_tensors, boundaries {head, graph: {casts, io_casts, int8_to_float, float_to_int8}}}, deepstream
+          {configs, labels, parser, build}, dla {layers, dla_layers, gpu_fallback [{node, op, reason}]}, engines);
+          null for targets without one
   gates: [{gate, limit, value, passed}]
   passed: true when every gate holds
 """
@@ -37,9 +41,11 @@ FINETUNE_PLOT = "finetune.png"
 
 
 def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str, dataset: Any,
-          described: dict[str, Any], stages: list[dict[str, Any]], final: Path, notes: list[str]) -> dict[str, Any]:
+          described: dict[str, Any], stages: list[dict[str, Any]], final: Path, notes: list[str],
+          bundle: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the report and judge the gates against the final stage (`dataset`: edgecompress.yolo.data.Dataset;
-    `described`: the checkpoint's architecture, classes, parameters, GFLOPs and stride)."""
+    `described`: the checkpoint's architecture, classes, parameters, GFLOPs and stride; `bundle`: the device
+    bundle's facts, where the target makes one)."""
     baseline, last = stages[0], stages[-1]
     drop = round((baseline["accuracy"]["map50_95"] - last["accuracy"]["map50_95"]) * 100, 3)
     gates = []
@@ -67,6 +73,7 @@ def build(recipe: Recipe, target: Target, checkpoint: Path, checkpoint_sha: str,
         "recipe": recipe.to_dict(),
         "stages": stages,
         "final": {"stage": last["name"], "artifact": final.name},
+        "bundle": bundle,
         "gates": gates,
         "passed": all(g["passed"] for g in gates),
         "notes": notes,
@@ -148,8 +155,12 @@ def stage_details(stage: dict[str, Any], out: Path) -> list[str]:
         if (out / FINETUNE_PLOT).is_file():
             lines += ["", f"![validation mAP50-95 per fine-tuning epoch]({FINETUNE_PLOT})", ""]
         return lines
+    if "typing" in info and "trtexec" not in info:
+        return [f"- **{name}**: strongly typed FP16 ONNX for TensorRT (evaluated in onnxruntime on the CPU); "
+                + typing_line(info["typing"])]
     if "trtexec" in info:
-        return [f"- **{name}**: TensorRT engine `{info['engine']}`, trtexec command in `{info['trtexec']}`"]
+        return [f"- **{name}**: TensorRT engine `{info['engine']}` ({info['engines'][0]['typing']}), trtexec "
+                f"command in `{info['trtexec']}`"]
     return []
 
 
@@ -188,6 +199,29 @@ def verdict(report: dict[str, Any]) -> str:
         line += (f"\n\n**INT8 is over its budget**: {s['name']} loses {s['info']['drop_points']:.2f} mAP50-95 points "
                  f"against FP32 in its runtime (budget {s['info']['budget_points']}); {OVER_BUDGET}.")
     return line
+
+
+def typing_line(typing: dict[str, Any]) -> str:
+    head = typing["boundaries"]["head"]
+    return (f"{typing['fp16_tensors']} FP16 and {typing['fp32_tensors']} FP32 activation tensors (FP32: the head's "
+            f"box arithmetic, {len(typing['fp32_nodes'])} nodes); precision boundaries around the head: "
+            f"{head['casts']} FP16/FP32 casts, {head['int8_to_float']} INT8->float, {head['float_to_int8']} "
+            f"float->INT8")
+
+
+def bundle_lines(bundle: dict[str, Any]) -> list[str]:
+    """The device bundle's section of report.md: its typing, DeepStream files and DLA fallbacks."""
+    lines = ["## Device bundle", "", f"- `{bundle['onnx']}`, built on the device by `{bundle['trtexec']}` "
+             f"(strongly typed): {typing_line(bundle['typing'])}",
+             f"- DeepStream: {', '.join(f'`{c}`' for c in bundle['deepstream']['configs'])}, "
+             f"`{bundle['deepstream']['labels']}`; parser `{bundle['deepstream']['parser']}`, built with "
+             f"`{bundle['deepstream']['build']}`"]
+    if dla := bundle.get("dla"):
+        ops = sorted({f"{f['op']} ({f['reason']})" for f in dla["gpu_fallback"]})
+        lines.append(f"- DLA: {dla['dla_layers']} of {dla['layers']} layers run on DLA core 0; "
+                     f"{len(dla['gpu_fallback'])} fall back to the GPU (`{dla['report']}` lists them): "
+                     + "; ".join(ops))
+    return [*lines, ""]
 
 
 def markdown(report: dict[str, Any], plot_name: str, out: Path) -> str:
@@ -229,6 +263,8 @@ def markdown(report: dict[str, Any], plot_name: str, out: Path) -> str:
     details = [line for s in report["stages"] for line in stage_details(s, out)]
     if details:
         lines += ["## Stages", "", *details, ""]
+    if report.get("bundle"):
+        lines += bundle_lines(report["bundle"])
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]
     lines += ["Change is mAP50-95 points against the baseline checkpoint, measured the same way (batch 1, square "

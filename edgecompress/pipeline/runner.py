@@ -159,8 +159,9 @@ class Runner:
                 parent = artifact
         final = self._publish(stage, entry, parent, run)
         notes = [entry.info["reason"]] if "reason" in entry.info else []
+        bundle = entry.info if stage.publishes_folder else None
         result = report_mod.build(run.recipe, self.target, run.checkpoint, run.sha256, run.dataset, chain[0].size,
-                                  stages, final, notes)
+                                  stages, final, notes, bundle)
         report_mod.write(result, self.out)
         return result
 

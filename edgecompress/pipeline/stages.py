@@ -1,7 +1,7 @@
 """The stages of the flow. Targets arrange them into plans (edgecompress.targets); the runner runs a plan.
 
-load -> [prune -> fine-tune] -> export -> [convert] -> [PTQ | QAT] -> [bundle]; every model is then evaluated and
-benchmarked (Evaluate, Bench). Heavy libraries are imported inside `run`, so a plan can be built anywhere.
+load -> [prune -> fine-tune] -> export -> [convert] -> [PTQ | QAT | FP16] -> [bundle]; every model is then evaluated
+and benchmarked (Evaluate, Bench). Heavy libraries are imported inside `run`, so a plan can be built anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from edgecompress.quantize.config import QuantConfig
     from edgecompress.recipe import Recipe
     from edgecompress.targets.base import Target
+    from edgecompress.targets.tensorrt import JetsonTarget
     from edgecompress.yolo.config import FinetuneConfig
 
 
@@ -202,9 +203,31 @@ class QAT(ModelStage):
         return {"artifact": dest.name, **info}
 
 
+class FP16(ModelStage):
+    """The FP32 ONNX as a strongly typed FP16 graph for TensorRT (edgecompress.targets.typed): FP16 but the head's
+    box arithmetic. Evaluated in onnxruntime on the CPU, the accuracy proxy for the engine, as the QDQ ONNX is."""
+
+    precision, runtime, output_name = "fp16", "onnxruntime", "tensorrt-fp16"
+
+    def __init__(self, target: JetsonTarget) -> None:
+        self.target = target
+        self.name = f"fp16-{target.name}"
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        import onnx
+
+        from edgecompress.targets import typed
+        from edgecompress.targets.tensorrt import fp16
+
+        source = parent.sources["onnx"]
+        model = fp16(source, folder / f"{source.stem}_fp16.onnx")
+        proto = onnx.load(str(model))
+        return {"artifact": model.name, "typing": typed.summary(proto, typed.fp32_nodes(proto))}
+
+
 class Bundle(Stage):
-    """What a device needs beside the artifact (a Jetson's QDQ ONNX, metadata and trtexec.sh), and the engine
-    built from it where the runtime runs here. Its folder is what the run publishes."""
+    """What a device needs beside the artifact (a Jetson's strongly typed ONNX, metadata, trtexec.sh, DeepStream
+    config), and the engine built from it where the runtime runs here. Its folder is what the run publishes."""
 
     facts = ("runtime",)
     publishes_folder = True

@@ -19,7 +19,7 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     source = onnx.load(str(model), load_external_data=False)
-    if scheme.nncf_placement:
+    if scheme.inputs_only:
         exclude = [*exclude, *float_feeders(source, exclude)]
         ranges = ranges.unified(shared_scale_groups(source, exclude))
     # Our ranges go in as onnxruntime's calibration cache, so quantize_static applies them without calibrating.
@@ -32,15 +32,14 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
         op_types_to_quantize=scheme.quantized_ops,
         calibration_cache_path=str(cache),
         extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
-                       # TensorRT takes float weights behind Q/DQ and float biases; onnxruntime fuses
-                       # DQ-Conv-Q into QLinearConv only with int8 weights and an int32 bias
-                       "AddQDQPairToWeight": scheme.float_weights,
-                       "QuantizeBias": not (scheme.float_weights or scheme.nncf_placement),
+                       # int8 weights behind a DequantizeLinear; onnxruntime fuses DQ-Conv-Q into QLinearConv
+                       # only with an int32 bias, OpenVINO and TensorRT take float biases
+                       "QuantizeBias": not scheme.inputs_only,
                        "OpTypesToExcludeOutputQuantization": scheme.quantized_ops or []},
     )
     cache.unlink()
     quantized = onnx.load(str(dest))
-    if scheme.nncf_placement:
+    if scheme.placement == "nncf":
         drop_requantization(quantized, exclude)
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(source.metadata_props)

@@ -4,7 +4,7 @@ recipe's overrides applied."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from edgecompress.calibration.graph import GRID_PRESERVING
 from edgecompress.errors import UserError
@@ -18,12 +18,20 @@ if TYPE_CHECKING:
 class Scheme:
     symmetric_activations: bool
     per_channel: bool
-    float_weights: bool  # float weights behind Q/DQ, as TensorRT's ONNX parser expects; else int8 weights + DQ
-    # Q/DQ where NNCF puts its FakeQuantize ops, biases float: at the inputs of convolutions, of Add and of the
+    # "outputs": onnxruntime's, every op's inputs and outputs, which its QLinear kernels fuse.
+    # "nncf": where NNCF puts its FakeQuantize ops, biases float: at the inputs of convolutions, of Add and of the
     # grid-preserving ops (Concat, Split, MaxPool, Resize), one scale across the tensors those ops join, and no
     # second Q/DQ after them (OpenVINO runs each Q/DQ pair as a FakeQuantize; BENCHMARKS.md, "x86 QDQ with NNCF's
-    # whole placement"). Else onnxruntime's: every op's inputs and outputs, which its QLinear kernels fuse.
-    nncf_placement: bool = False
+    # whole placement").
+    # "tensorrt": at the inputs of convolutions, Add and MaxPool only, as NVIDIA ModelOpt places them for TensorRT:
+    # TensorRT fuses a Conv into INT8 from the DequantizeLinear right at its input, and moves the quantization of a
+    # Concat's, Split's or Resize's output back through it to the producers, so those carry no Q/DQ of their own.
+    placement: Literal["outputs", "nncf", "tensorrt"] = "outputs"
+
+    @property
+    def inputs_only(self) -> bool:
+        """Q/DQ only at the inputs of convolutions, Add and the grid-preserving ops, biases float."""
+        return self.placement != "outputs"
 
     @property
     def activation_type(self) -> str:
@@ -32,7 +40,8 @@ class Scheme:
     @property
     def quantized_ops(self) -> list[str] | None:
         """The op types whose inputs carry Q/DQ; None: every op, outputs included."""
-        return ["Conv", "Add", *GRID_PRESERVING] if self.nncf_placement else None
+        return {"outputs": None, "nncf": ["Conv", "Add", *GRID_PRESERVING],
+                "tensorrt": ["Conv", "Add", "MaxPool"]}[self.placement]
 
     def describe(self) -> dict[str, str]:
         return {"activations": f"{self.activation_type} {'symmetric' if self.symmetric_activations else 'asymmetric'}",
@@ -47,5 +56,4 @@ class Scheme:
         if rules.strict and not (symmetric and config.per_channel):
             raise UserError(f"target '{target.name}' needs symmetric INT8 activations and per-channel weights; "
                             f"write quant.activations: target and quant.per_channel: true")
-        return cls(symmetric, config.per_channel, float_weights=rules.float_weights,
-                   nncf_placement=rules.placement == "nncf")
+        return cls(symmetric, config.per_channel, rules.placement)

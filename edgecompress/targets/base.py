@@ -29,10 +29,10 @@ class Int8Rules:
     quantizers: tuple[str, ...]  # quantize.quantizers names that make its artifact; `auto` builds each, keeps one
     activation_type: Literal["uint8", "int8"]
     symmetric_activations: bool
-    # where Q/DQ go: "outputs" (onnxruntime's: every quantizable op's inputs and outputs, for its QLinear kernels)
-    # or "nncf" (NNCF's: inputs of Conv, Add and the grid-preserving ops, one scale across what those join)
-    placement: Literal["outputs", "nncf"] = "outputs"
-    float_weights: bool = False  # weights stay float behind a Q/DQ pair (TensorRT's parser); else int8 + DQ
+    # where Q/DQ go (edgecompress.quantize.scheme.Scheme): "outputs" (onnxruntime's: every quantizable op's inputs and
+    # outputs, for its QLinear kernels), "nncf" (NNCF's: inputs of Conv, Add and the grid-preserving ops, one scale
+    # across what those join) or "tensorrt" (ModelOpt's for TensorRT: inputs of Conv, Add and MaxPool)
+    placement: Literal["outputs", "nncf", "tensorrt"] = "outputs"
     strict: bool = False  # the runtime accepts only symmetric activations and per-channel weights (TensorRT)
 
     def __post_init__(self) -> None:

@@ -1,11 +1,16 @@
-"""NVIDIA Jetson boards with TensorRT: the bundle a device builds its engine from (the QDQ ONNX checked against
-TensorRT's rules, its metadata and the `trtexec` command), and the engines themselves where TensorRT runs here.
+"""NVIDIA Jetson boards with TensorRT: the bundle a device builds its engine from (a strongly typed ONNX, checked
+against TensorRT's rules, its metadata, the `trtexec` command, a DeepStream nvinfer config, and for boards with a
+DLA the layers it cannot run), and the engines themselves where TensorRT runs here.
 
-Running engines is the device's (edgecompress.device.tensorrt); this module builds them.
+The ONNX carries its own precision (edgecompress.targets.typed): FP16 everywhere but the head's box arithmetic, INT8
+where it has Q/DQ. TensorRT builds it as a strongly typed network, so the engine runs what was measured here, alike
+on TensorRT 10 (which needs strong typing asked for) and 11 (which has nothing else). Running engines is the
+device's (edgecompress.device.tensorrt); this module builds them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -30,40 +35,40 @@ if TYPE_CHECKING:
 TIMING_CACHE = "timing.cache"
 TRTEXEC_SCRIPT = "trtexec.sh"
 METADATA = "metadata.json"
+DLA_REPORT = "dla.json"
 _NO_ENGINE = "the engine is built on the device: copy this folder there and run trtexec.sh, or " \
              "`python3 -m edgecompress.targets.tensorrt FOLDER --target NAME` for the .engine with metadata"
-# TensorRT explicit quantization accepts only symmetric int8 (zero point 0), per-channel weights, opset >= 13, and
-# float weights behind their Q/DQ pair.
-TRT_INT8 = Int8Rules(("qdq",), "int8", symmetric_activations=True, float_weights=True, strict=True)
+# TensorRT explicit quantization accepts only symmetric int8 (zero point 0), per-channel weights, opset >= 13. Q/DQ at
+# the inputs of convolutions, Add and MaxPool, never on a convolution's output: TensorRT fuses Conv + SiLU + the
+# next layer's Q into one INT8 kernel, and a Q/DQ between them would cost a reformat each.
+# What `modelopt.onnx.autocast` imports beyond modelopt itself: its [onnx] extra, without that extra's pins
+# (onnx~=1.21, onnxruntime-gpu, cupy), which would replace the runtimes the pipeline measures with.
+AUTOCAST_MODULES = {"modelopt": "nvidia-modelopt", "onnx_graphsurgeon": "onnx-graphsurgeon",
+                    "onnxscript": "onnxscript", "lief": "lief"}
+TRT_INT8 = Int8Rules(("qdq",), "int8", symmetric_activations=True, placement="tensorrt", strict=True)
 
 
 @dataclass(frozen=True)
 class JetsonTarget(Target):
     """A Jetson board. Tensor Cores take channels in multiples of 8: TensorRT pads any other width, so pruning to it
-    buys nothing. Layers TensorRT cannot run in INT8 (and the head's decode, kept float on purpose) run in FP16."""
+    buys nothing. Float layers run in FP16, but the head's box arithmetic in FP32 (edgecompress.targets.typed)."""
 
-    fp16_fallback: bool = True  # layers kept out of INT8 run in FP16 (True) or FP32 (False)
     dla_cores: int = 0  # NVIDIA Deep Learning Accelerator cores on the board; an engine is built for core 0
     workspace_mib: int = 0  # TensorRT builder's workspace limit; 0 = TensorRT's default (all free memory)
 
     def unusable(self) -> str | None:
         from edgecompress.device.runtime import RUNTIMES
 
-        # the bundle is prepared anywhere (its engine is built where TensorRT runs); its QDQ ONNX is measured in
-        # onnxruntime on the CPU, the accuracy proxy for the engine
-        return RUNTIMES["onnxruntime"].unusable()
-
-    def preset(self, recipe: Recipe) -> Recipe:
-        recipe = super().preset(recipe)
-        if not recipe.quant.enabled:
-            raise UserError(f"target '{self.name}' engines are built from the INT8 QDQ ONNX; use --quant ptq "
-                            f"(FP16-only engines are not available yet)")
-        return recipe
+        # the bundle is prepared anywhere (its engine is built where TensorRT runs): its ONNX is typed by ModelOpt
+        # and measured in onnxruntime on the CPU, the accuracy proxy for the engine
+        return RUNTIMES["onnxruntime"].unusable() or autocast_missing()
 
     def deploy(self, recipe: Recipe) -> list[Stage]:
+        """The FP32 export, then INT8 where the recipe asks for it, else FP16; then the bundle of that model."""
         from edgecompress.pipeline import stages
 
-        return [*super().deploy(recipe), stages.Bundle(self)]
+        export = stages.Export("onnx", "onnxruntime", "fp32", simplify=True)
+        return [export, *(stages.int8(self, recipe) or [stages.FP16(self)]), stages.Bundle(self)]
 
     @property
     def int8_runtime(self) -> str:
@@ -78,9 +83,39 @@ class JetsonTarget(Target):
 
         tensorrt_rules.check(model)
 
-    def bundle(self, qdq: Artifact, folder: Path) -> dict[str, Any]:
-        metadata = yaml.safe_load((qdq.sources["onnx"].parent / "metadata.yaml").read_text())
-        return prepare_jetson(qdq.path, metadata, self, folder)
+    def from_qdq(self, qdq: Path, onnx_fp32: Path) -> Path:
+        """The QDQ ONNX, strongly typed in place: its float parts FP16 (fallback layers included) but the head's box
+        arithmetic, so the engine's precision is the graph's on every TensorRT."""
+        return fp16(qdq, qdq)
+
+    def bundle(self, model: Artifact, folder: Path) -> dict[str, Any]:
+        metadata = yaml.safe_load((model.sources["onnx"].parent / "metadata.yaml").read_text())
+        return prepare_jetson(model.path, metadata, self, folder)
+
+
+def autocast_missing() -> str | None:
+    """Why ModelOpt's AutoCast cannot type graphs here (with what to install), or None; imports nothing."""
+    missing = [package for module, package in AUTOCAST_MODULES.items() if importlib.util.find_spec(module) is None]
+    return (f"strongly typed ONNX for TensorRT needs NVIDIA ModelOpt's AutoCast: pip install {' '.join(missing)}"
+            if missing else None)
+
+
+def fp16(source: Path, dest: Path) -> Path:
+    """`source` (FP32 or QDQ ONNX) as a strongly typed graph at `dest`, checked: every float tensor FP16 but the head's
+    box arithmetic, and TensorRT's Q/DQ rules where it has Q/DQ."""
+    import onnx
+
+    from edgecompress.targets import tensorrt_rules, typed
+
+    keep = typed.fp32_nodes(onnx.load(str(source), load_external_data=False))
+    model = onnx.load(str(typed.to_fp16(source, dest, keep)))
+    problems = typed.typing_problems(model, keep)
+    if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        problems += tensorrt_rules.violations(model)
+    if problems:
+        raise tensorrt_rules.TensorRTRuleError(f"{dest.name} is not the strongly typed graph TensorRT needs:\n  "
+                                               + "\n  ".join(problems[:20]))
+    return dest
 
 
 def _jetson(name: str, board: str, dla_cores: int, workspace_mib: int) -> JetsonTarget:
@@ -95,30 +130,47 @@ ORIN_NX = _jetson("jetson-orin-nx", "Orin NX (16 GB: 2 DLA cores; the 8 GB modul
 AGX_ORIN = _jetson("jetson-agx-orin", "AGX Orin (2 DLA cores)", dla_cores=2, workspace_mib=4096)
 
 
-def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: JetsonTarget, folder: Path,
-                   timing_cache: Path | None = None) -> dict[str, Any]:
-    """Make `folder` the bundle a Jetson needs: the QDQ ONNX, its Ultralytics metadata, the trtexec command, and,
-    where TensorRT is usable here, the engines (GPU, plus DLA core 0 on boards with DLA) in both forms.
+def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: JetsonTarget, folder: Path) -> dict[str, Any]:
+    """Make `folder` the bundle a Jetson needs: the strongly typed ONNX, its Ultralytics metadata, the trtexec
+    command, the DeepStream config (per engine) with labels.txt and the parser's source, the layers DLA cannot run
+    (boards with DLA), and, where TensorRT is usable here, the engines (GPU, plus DLA core 0) in both forms.
 
-    `metadata` is the dict of the metadata.yaml that export_onnx writes. Returns JSON-ready facts for the report;
-    "engine" is None, with a "reason", when this host cannot build engines.
-    """
+    `metadata` is the dict of the metadata.yaml that export_onnx writes. Returns JSON-ready facts for the report:
+    the graph's typing and precision boundaries, DLA fallbacks, the files; "engine" is None, with a "reason", when
+    this host cannot build engines."""
+    import onnx
+
+    from edgecompress.targets import deepstream, typed
+    from edgecompress.targets.dla import dla_report
+
     folder.mkdir(parents=True, exist_ok=True)
     onnx_copy = folder / onnx_path.name
     if onnx_copy.resolve() != onnx_path.resolve():
         shutil.copyfile(onnx_path, onnx_copy)
     (folder / METADATA).write_text(json.dumps(metadata, indent=1))
-    cache = timing_cache or folder / TIMING_CACHE
     builds = _builds(target)
-    (folder / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_copy.name, builds, target, cache.name))
+    (folder / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_copy.name, builds, target))
+    model = onnx.load(str(onnx_copy))
+    int8 = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     info: dict[str, Any] = {"target": target.name, "onnx": onnx_copy.name, "trtexec": TRTEXEC_SCRIPT,
-                            "engine": None, "engines": []}
+                            "typing": typed.summary(model, typed.fp32_nodes(model)),
+                            "deepstream": deepstream.write(folder, metadata, builds, int8), "engine": None,
+                            "engines": []}
+    if target.dla_cores:
+        info["dla"] = {"report": DLA_REPORT, **dla_report(model)}
+        (folder / DLA_REPORT).write_text(json.dumps(info["dla"], indent=1))
     if reason := unusable_reason():
         return {**info, "reason": f"{reason}; {_NO_ENGINE}"}
-    info["engines"] = [build_engine(onnx_copy, folder, stem, dla, target, metadata, cache)
-                       for stem, dla in builds]
+    info["engines"] = build_engines(folder, onnx_copy, metadata, target)
     info["engine"] = info["engines"][0]["engine"]
     return info
+
+
+def build_engines(folder: Path, onnx_path: Path, metadata: dict[str, Any], target: JetsonTarget) -> list[dict]:
+    """Build every engine of the bundle (the GPU, and DLA core 0 on boards with one) with the same settings as its
+    trtexec.sh, sharing one timing cache."""
+    return [build_engine(onnx_path, folder, stem, dla, target, metadata, folder / TIMING_CACHE)
+            for stem, dla in _builds(target)]
 
 
 def _builds(target: JetsonTarget) -> list[tuple[str, int | None]]:
@@ -126,42 +178,45 @@ def _builds(target: JetsonTarget) -> list[tuple[str, int | None]]:
     return [("model", None)] + ([("model.dla0", 0)] if target.dla_cores else [])
 
 
-def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target: JetsonTarget, cache_name: str) -> str:
-    """A shell script with the trtexec command for each engine, the same settings build_engine uses."""
+def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target: JetsonTarget) -> str:
+    """A shell script with the trtexec command for each engine, the same settings build_engine uses: a strongly
+    typed network (--stronglyTyped: needed on TensorRT 10, what 11 always does), no precision flags."""
     lines = [
         "#!/bin/sh",
-        f"# TensorRT engines for {target.description}, from the QDQ ONNX beside this file (edgecompress "
+        f"# TensorRT engines for {target.description}, from the strongly typed ONNX beside this file (edgecompress "
         f"{__version__}).",
         "# Run it on the device. These write bare .plan engines (trtexec, DeepStream); for the .engine that",
         f"# ultralytics.YOLO() loads: python3 -m edgecompress.targets.tensorrt . --target {target.name}",
+        "# The ONNX carries its precision (FP16, INT8 where it has Q/DQ, FP32 for the box decode): TensorRT >= 10.",
         "set -e",
         'cd "$(dirname "$0")"',
         # JetPack installs trtexec outside PATH
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        '"$TRTEXEC" --help 2>&1 | grep -q -- --stronglyTyped || '
+        '{ echo "this trtexec has no --stronglyTyped: TensorRT >= 10 is needed (JetPack 6.1 or later)" >&2; exit 1; }',
     ]
     for stem, dla in builds:
-        flags = ["--int8"] + (["--fp16"] if target.fp16_fallback else [])
+        flags = ["--stronglyTyped"]
         if target.workspace_mib:
             flags.append(f"--memPoolSize=workspace:{target.workspace_mib}")  # MiB
         if dla is not None:
+            # DLA runs FP16/INT8 4-D layers; the others (dla.json lists them) go back to the GPU
             flags += [f"--useDLACore={dla}", "--allowGPUFallback"]
         lines.append(f'"$TRTEXEC" --onnx={onnx_name} --saveEngine={stem}.plan {" ".join(flags)} '
-                     f"--timingCacheFile={cache_name}")
+                     f"--timingCacheFile={TIMING_CACHE}")
     return "\n".join(lines) + "\n"
 
 
 def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None, target: JetsonTarget,
                  metadata: dict[str, Any], timing_cache: Path) -> dict[str, Any]:
-    """Build one engine from a QDQ ONNX: INT8 where the graph has Q/DQ, the other layers in FP16 (or FP32 where
-    the target has no FP16 fallback), within the target's workspace, reusing and updating the timing cache."""
+    """Build one engine from the bundle's strongly typed ONNX (each layer in its tensors' types: no precision
+    flags), within the target's workspace, reusing and updating the timing cache."""
     import tensorrt as trt
 
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    # TensorRT < 10 needs explicit batch asked for; 10 has nothing else and deprecates the flag.
-    network = builder.create_network(0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    network = builder.create_network(_strongly_typed(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -169,11 +224,6 @@ def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None,
     config = builder.create_builder_config()
     if target.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
-    # TensorRT >= 11 is strongly typed: it removed these flags, and the ONNX's own types decide each layer.
-    wanted = ["INT8"] + (["FP16"] if target.fp16_fallback else [])
-    flags = [f for f in wanted if hasattr(trt.BuilderFlag, f)]
-    for flag in flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
     if dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
@@ -191,42 +241,54 @@ def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None,
     header = {**metadata, **({"dla": str(dla_core)} if dla_core is not None else {})}  # Ultralytics' DLA key
     write_engine(folder / f"{stem}.engine", plan_bytes, header)
     return {"device": "gpu" if dla_core is None else f"dla{dla_core}", "engine": f"{stem}.engine",
-            "plan": f"{stem}.plan", "flags": flags, "workspace_mib": target.workspace_mib,
+            "plan": f"{stem}.plan", "typing": _typing(trt), "workspace_mib": target.workspace_mib,
             "build_s": round(time.perf_counter() - start, 1), "tensorrt": trt.__version__,
             "file_mb": round(len(plan_bytes) / 2**20, 3)}
 
 
+def _strongly_typed(trt: Any) -> int:
+    """The network creation flags of a strongly typed network: asked for on TensorRT 10, the only kind on 11 (which
+    deprecates the flag and ignores it). Older TensorRT has no strong typing: a weakly typed build would choose its
+    own precisions, unlike what was measured, so it is refused."""
+    major = int(trt.__version__.split(".")[0])
+    if major < 10:
+        raise UserError(f"TensorRT {trt.__version__} cannot build strongly typed networks; the bundle needs TensorRT "
+                        f">= 10 (JetPack 6.1 or later)")
+    return 0 if major >= 11 else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _typing(trt: Any) -> str:
+    return ("strongly typed (TensorRT 11: every network)" if int(trt.__version__.split(".")[0]) >= 11
+            else "strongly typed (NetworkDefinitionCreationFlag.STRONGLY_TYPED)")
+
+
 def main(argv: list[str]) -> int:
-    """`python -m edgecompress.targets.tensorrt FOLDER_OR_ONNX --target NAME`: build the engines on the device, from
-    the folder the pipeline wrote (its QDQ ONNX and metadata.json) or from one ONNX."""
+    """`python -m edgecompress.targets.tensorrt FOLDER --target NAME`: build the engines on the device, from the
+    bundle the pipeline wrote (its strongly typed ONNX and metadata.json). Needs TensorRT, not onnx or torch."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m edgecompress.targets.tensorrt",
                                 description="Build TensorRT engines (.engine with Ultralytics' metadata, and .plan) "
-                                            "from a QDQ ONNX, on the device that will run them.")
-    p.add_argument("source", type=Path, help="the folder the pipeline wrote for a Jetson target, or a QDQ .onnx")
+                                            "from a Jetson bundle, on the device that will run them.")
+    p.add_argument("bundle", type=Path, help="the folder the pipeline wrote for a Jetson target")
     p.add_argument("--target", default="jetson", help="jetson-orin-nano (= jetson), jetson-orin-nx, jetson-agx-orin")
     args = p.parse_args(argv)
     try:
         from edgecompress.targets import get_target
 
         target = get_target(args.target)
-        folder = args.source if args.source.is_dir() else args.source.parent
-        onnx_files = [args.source] if args.source.is_file() else sorted(folder.glob("*.onnx"))
-        if len(onnx_files) != 1:
-            raise UserError(f"{args.source} holds {len(onnx_files)} .onnx files; pass the one to build")
-        meta_file = folder / METADATA
-        if not meta_file.is_file():  # without it the .engine would not load in Ultralytics
-            raise UserError(f"{meta_file} is missing; build from the folder compress wrote for the Jetson target")
-        metadata = json.loads(meta_file.read_text())
-        info = prepare_jetson(onnx_files[0], metadata, target, folder)
+        onnx_files = sorted(args.bundle.glob("*.onnx"))
+        meta_file = args.bundle / METADATA
+        if len(onnx_files) != 1 or not meta_file.is_file():  # without metadata the .engine would not load in YOLO()
+            raise UserError(f"{args.bundle} is not a Jetson bundle ({len(onnx_files)} .onnx files, "
+                            f"{'a' if meta_file.is_file() else 'no'} {METADATA}); pass the folder compress wrote")
+        if reason := unusable_reason():
+            raise UserError(reason)
+        engines = build_engines(args.bundle, onnx_files[0], json.loads(meta_file.read_text()), target)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    if info["engine"] is None:  # on the device itself: say only why TensorRT cannot run here
-        print(f"error: {unusable_reason()}", file=sys.stderr)
-        return 2
-    print(json.dumps(info, indent=1))
+    print(json.dumps(engines, indent=1))
     return 0
 
 
