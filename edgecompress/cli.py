@@ -40,8 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PT", help="trained Ultralytics detection checkpoint (best.pt); "
                    "omit with --data to run the embedded demo")
     p.add_argument("--data", metavar="YAML", help="the dataset YAML the model was trained on")
-    p.add_argument("--target", metavar="NAME", help="deployment target: onnx (default), arm, x86, jetson "
-                   "(= jetson-orin-nano), jetson-orin-nx, jetson-agx-orin; `compress targets` lists them")
+    p.add_argument("--target", metavar="NAME", help="deployment target: onnx (default), arm, x86, ncnn, "
+                   "jetson (= jetson-orin-nano), jetson-orin-nx, jetson-agx-orin; `compress targets` lists them")
     p.add_argument("--recipe", metavar="YAML", help="recipe file with every setting; the flags here override it")
     p.add_argument("--out", metavar="DIR", default="compress-out",
                    help="output folder; rerunning into it reuses finished stages (default: %(default)s)")

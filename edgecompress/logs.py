@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,3 +120,24 @@ def _quiet_onnxruntime() -> None:
     except ImportError:
         return
     onnxruntime.set_default_logger_severity(3)
+
+
+@contextmanager
+def native_output() -> Iterator[None]:
+    """Within: what native code and child processes write to the process's standard output and error (pnnx, the
+    ncnn converter, prints there from C++) goes to sys.stdout instead, the run's log while `captured`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            sys.stdout.write(sink.read().decode(errors="replace"))

@@ -17,16 +17,16 @@ from edgecompress.targets import ALIASES, TARGETS, Int8Rules, Target, get_target
 from edgecompress.targets.tensorrt import JetsonTarget
 
 JETSONS = [t for t in TARGETS.values() if isinstance(t, JetsonTarget)]
-CPUS = [t for t in TARGETS.values() if not isinstance(t, JetsonTarget)]
+INT8_CPUS = [t for t in TARGETS.values() if not isinstance(t, JetsonTarget) and t.int8]
 
 
 @pytest.mark.parametrize("target", list(TARGETS.values()), ids=list(TARGETS))
 def test_every_profile_is_complete(target: Target) -> None:
     assert target.runtime in RUNTIMES
-    assert "fp32" in target.precisions and "int8" in target.precisions
-    rules = target.int8
-    assert rules is not None and rules.quantizers and all(q in QUANTIZERS for q in rules.quantizers)
-    assert rules.activation_type == ("int8" if rules.symmetric_activations else "uint8")
+    assert "fp32" in target.precisions
+    if rules := target.int8:  # ncnn's wheels have no INT8 tools: its target runs FP32 and FP16 only
+        assert rules.quantizers and all(q in QUANTIZERS for q in rules.quantizers)
+        assert rules.activation_type == ("int8" if rules.symmetric_activations else "uint8")
     assert target.batch == 1 and target.imgsz % 32 == 0
     assert target.channel_multiple >= 1
 
@@ -46,7 +46,7 @@ def test_dla_cores_per_board() -> None:
                                                       "jetson-agx-orin": 2}
 
 
-@pytest.mark.parametrize("target", CPUS, ids=[t.name for t in CPUS])
+@pytest.mark.parametrize("target", INT8_CPUS, ids=[t.name for t in INT8_CPUS])
 def test_cpu_targets_take_asymmetric_uint8_and_no_fp16(target: Target) -> None:
     rules = target.int8
     assert rules is not None and not rules.symmetric_activations and rules.activation_type == "uint8"

@@ -6,4 +6,4 @@ torch, Ultralytics or the pipeline, so `compress bench` runs on a Jetson or a Ra
 """
 
 # Each runtime's module registers it in edgecompress.device.runtime.RUNTIMES; none imports its library yet.
-from edgecompress.device import onnxruntime, openvino, tensorrt, torch  # noqa: E402,F401
+from edgecompress.device import ncnn, onnxruntime, openvino, tensorrt, torch  # noqa: E402,F401

@@ -9,12 +9,13 @@ from __future__ import annotations
 from edgecompress.config import Registry, suggest
 from edgecompress.errors import UserError
 from edgecompress.targets.base import Int8Rules, Target
+from edgecompress.targets.ncnn import NCNN
 from edgecompress.targets.onnxruntime import ARM, ONNX
 from edgecompress.targets.openvino import X86
 from edgecompress.targets.tensorrt import AGX_ORIN, ORIN_NANO, ORIN_NX
 
 TARGETS: Registry[Target] = Registry("target")
-for _target in (ORIN_NANO, ORIN_NX, AGX_ORIN, X86, ARM, ONNX):
+for _target in (ORIN_NANO, ORIN_NX, AGX_ORIN, X86, ARM, ONNX, NCNN):
     TARGETS.add(_target.name, _target)
 ALIASES = {"jetson": "jetson-orin-nano"}
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import os
 import pathlib
 import pickle
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from ultralytics.nn.tasks import DetectionModel, torch_safe_load
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
 from ultralytics.utils.torch_utils import get_flops
 
-from edgecompress import progress
+from edgecompress import logs, progress
 from edgecompress.errors import UserError
 from edgecompress.yolo.data import Dataset
 
@@ -205,14 +207,22 @@ class Evaluator:
 
 def export(model: DetectionModel, fmt: str, imgsz: int, folder: Path, stem: str, **options: Any) -> Path:
     """Ultralytics' own exporter on `model` as it is (a pruned module keeps its widths: nothing is rebuilt from
-    a yaml): batch 1, static shape, on the CPU, written into `folder`. Returns the exported file or folder."""
+    a yaml): batch 1, static shape, on the CPU, written into `folder`. Returns the exported file or folder.
+
+    Nothing is written outside `folder`: the export runs with its working directory in a scratch folder inside
+    it (pnnx drops debug files into the working directory, and Ultralytics deletes files of those names there),
+    and a model folder keeps only the model and its metadata (pnnx leaves a torch script of the model beside)."""
     folder.mkdir(parents=True, exist_ok=True)
     model.pt_path = str(folder / f"{stem}.pt")  # Ultralytics writes the export beside pt_path: keep it in `folder`
     exporter = Exporter(overrides={"format": fmt, "imgsz": imgsz, "batch": 1, "dynamic": False, "device": "cpu",
                                    "verbose": False, **options})
-    path = Path(exporter(model=model))
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as scratch, contextlib.chdir(scratch), \
+            logs.native_output():
+        path = Path(exporter(model=model))
     if fmt == "onnx":  # conversions to other runtimes carry the metadata along
         YAML.save(folder / METADATA, exporter.metadata)
+    for extra in path.glob("*.py") if path.is_dir() else []:
+        extra.unlink()
     return path
 
 
