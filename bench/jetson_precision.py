@@ -46,7 +46,8 @@ def placements(name: str, imgsz: int, images: int, accuracy: bool, out: Path) ->
     job = Job(fp32, fp32, target, config, Scheme.of(target, config),
               evaluate.dataset.calibration_images(images, 0), imgsz)
     untyped = quantize_qdq(fp32, job.ranges("minmax"), out / name / "ours_untyped.onnx", job.scheme, job.decode)
-    ours = target.from_qdq(quantize_qdq(fp32, job.ranges("minmax"), out / name / "ours.onnx", job.scheme, job.decode), fp32)
+    ours = target.from_qdq(quantize_qdq(fp32, job.ranges("minmax"), out / name / "ours.onnx", job.scheme,
+                                        job.decode), fp32)
     every_output = quantize_qdq(fp32, job.ranges("minmax"), out / name / "onnxruntime.onnx",
                                 Scheme(symmetric_activations=True, per_channel=True), job.decode)
     calibration = np.concatenate(list(Batches(job.images, imgsz)))

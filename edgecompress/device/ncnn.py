@@ -40,7 +40,8 @@ class Ncnn(Runtime):
             raise RuntimeError(f"ncnn could not load {param} and its .bin")
         input_name = net.input_names()[0]
         # pnnx names outputs out0, out1, ...; the net lists them unordered
-        outputs = sorted(net.output_names(), key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
+        outputs = sorted(net.output_names(), key=lambda n: [int(p) if p.isdigit() else p
+                                                            for p in re.split(r"(\d+)", n)])
 
         def infer(x: np.ndarray) -> list[np.ndarray]:
             sample = np.ascontiguousarray(x[0], dtype=np.float32)  # ncnn.Mat wraps it: alive until extracted

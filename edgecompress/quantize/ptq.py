@@ -54,8 +54,8 @@ def quantize(onnx_fp32: Path, fp32_artifact: Path, config: QuantConfig, target: 
 
     Each quantizer first builds one model per calibration method (the statistics are collected once) and keeps the
     most accurate; only then, if that one is over the budget, does the fallback keep layers in float, ranked by the
-    quantization noise of the activations each reads in the quantized model. `evaluate` measures every candidate in its runtime (the run's
-    evaluation protocol); its dataset gives the calibration images."""
+    quantization noise of the activations each reads in the quantized model. `evaluate` measures every candidate
+    in its runtime (the run's evaluation protocol); its dataset gives the calibration images."""
     onnx_fp32, workdir = Path(onnx_fp32), Path(workdir)
     images = evaluate.dataset.calibration_images(config.calibration_images, config.seed)
     job = Job(onnx_fp32, fp32_artifact, target, config, Scheme.of(target, config), images, evaluate.imgsz)

@@ -174,8 +174,8 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
                 key = "quant.qat.batch" if qat_batches else "finetune.batch"
                 smaller = f"set {key}: {trainer.batch_size // 2} in the recipe" if trainer.batch_size > 1 else \
                     "use a smaller imgsz"
-                raise UserError(f"{'QAT' if qat_batches else 'fine-tuning'} ran out of {memory} at batch {trainer.batch_size} "
-                                f"({key}); {smaller} and "
+                what = "QAT" if qat_batches else "fine-tuning"
+                raise UserError(f"{what} ran out of {memory} at batch {trainer.batch_size} ({key}); {smaller} and "
                                 f"rerun: the stages finished before it are reused") from e
             raise
     best, _ = load_checkpoint(trainer.best if trainer.best.exists() else trainer.last)
