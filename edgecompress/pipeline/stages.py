@@ -142,20 +142,27 @@ class Convert(ModelStage):
         return {"artifact": self.target.convert(parent.sources["onnx"], folder, "model").name}
 
 
-class PTQ(ModelStage):
-    """Post-training INT8 for the target, held to its parent (the FP32 model in the target's runtime, measured
-    already) by the accuracy-aware fallback."""
+class _Int8(ModelStage):
+    """A stage that makes the target's INT8 artifact (named `<verb>-<target>`), by the recipe's quant section."""
 
     precision = "int8"
     facts = ("data", "imgsz", "device", "eval")
-    disk = 1.5  # every quantizer's candidate and the fallback's steps
+    verb: str
 
     def __init__(self, target: Target, config: QuantConfig) -> None:
         self.target, self.config = target, config
-        self.name, self.output_name, self.runtime = f"quantize-{target.name}", target.int8_name, target.int8_runtime
+        self.name, self.output_name, self.runtime = f"{self.verb}-{target.name}", target.int8_name, target.int8_runtime
 
     def settings(self) -> Any:
         return self.config
+
+
+class PTQ(_Int8):
+    """Post-training INT8 for the target, held to its parent (the FP32 model in the target's runtime, measured
+    already) by the accuracy-aware fallback."""
+
+    verb = "quantize"
+    disk = 1.5  # every quantizer's candidate and the fallback's steps
 
     def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
         from edgecompress.quantize.ptq import quantize
@@ -177,19 +184,11 @@ class PTQ(ModelStage):
                 f"{len(info['float_layers'])} layers kept in float")
 
 
-class QAT(ModelStage):
+class QAT(_Int8):
     """Fake-quantized fine-tuning of the PyTorch model, then the target's INT8 artifact from it."""
 
-    precision = "int8"
-    facts = ("data", "imgsz", "device", "eval")
+    verb = "qat"
     disk = 7.0  # fine-tuning's checkpoints, then the FP32 export and the INT8 artifact
-
-    def __init__(self, target: Target, config: QuantConfig) -> None:
-        self.target, self.config = target, config
-        self.name, self.output_name, self.runtime = f"qat-{target.name}", target.int8_name, target.int8_runtime
-
-    def settings(self) -> Any:
-        return self.config
 
     def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
         from edgecompress.quantize.qat import qat
