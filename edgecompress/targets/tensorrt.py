@@ -26,10 +26,16 @@ if TYPE_CHECKING:
 
     from edgecompress.pipeline.stage import Artifact, Stage
     from edgecompress.recipe import Recipe
+    from edgecompress.targets.frame import FrameConfig
 
 TIMING_CACHE = "timing.cache"
 TRTEXEC_SCRIPT = "trtexec.sh"
 METADATA = "metadata.json"
+FRAME = "frame.json"  # the frame ONNX's name and what it holds (edgecompress.targets.frame), when the bundle has one
+# The optimization profile of an engine that takes the decoded frame (any size): from a tiny frame to 1080p in either
+# orientation, tuned at the network's square size. A larger camera: raise --maxShapes in trtexec.sh (every
+# intermediate of the letterbox is allocated at the largest size).
+FRAME_PROFILE = (32, None, 1920)  # min, opt (None: imgsz), max side
 _NO_ENGINE = "the engine is built on the device: copy this folder there and run trtexec.sh, or " \
              "`python3 -m edgecompress.targets.tensorrt FOLDER --target NAME` for the .engine with metadata"
 # TensorRT explicit quantization accepts only symmetric int8 (zero point 0), per-channel weights, opset >= 13, and
@@ -78,9 +84,22 @@ class JetsonTarget(Target):
 
         tensorrt_rules.check(model)
 
+    def wrap(self, network: Path, config: FrameConfig, folder: Path) -> Path:
+        import onnx
+
+        from edgecompress.targets import tensorrt_rules
+
+        wrapped = super().wrap(network, config, folder)
+        tensorrt_rules.check(onnx.load(str(wrapped)))  # its network's Q/DQ as TensorRT needs them, decode float
+        return wrapped
+
     def bundle(self, qdq: Artifact, folder: Path) -> dict[str, Any]:
+        """The bundle of the INT8 QDQ ONNX, and of its frame artifact where the run made one (then `qdq` is it,
+        and the QDQ ONNX its network)."""
         metadata = yaml.safe_load((qdq.sources["onnx"].parent / "metadata.yaml").read_text())
-        return prepare_jetson(qdq.path, metadata, self, folder)
+        if "network" not in qdq.sources:
+            return prepare_jetson(qdq.path, metadata, self, folder)
+        return prepare_jetson(qdq.sources["network"], metadata, self, folder, frame=(qdq.path, qdq.info["frame"]))
 
 
 def _jetson(name: str, board: str, dla_cores: int, workspace_mib: int) -> JetsonTarget:
@@ -95,38 +114,76 @@ ORIN_NX = _jetson("jetson-orin-nx", "Orin NX (16 GB: 2 DLA cores; the 8 GB modul
 AGX_ORIN = _jetson("jetson-agx-orin", "AGX Orin (2 DLA cores)", dla_cores=2, workspace_mib=4096)
 
 
+@dataclass(frozen=True)
+class Build:
+    """One engine of a bundle: its file stem, the ONNX it is built from, the DLA core (None: the GPU), its header
+    metadata, and the optimization profile of a dynamic input ((name, min, opt, max) shapes) or None."""
+
+    stem: str
+    onnx: str
+    dla: int | None
+    metadata: dict[str, Any]
+    profile: tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+
+
 def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: JetsonTarget, folder: Path,
-                   timing_cache: Path | None = None) -> dict[str, Any]:
+                   timing_cache: Path | None = None,
+                   frame: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Make `folder` the bundle a Jetson needs: the QDQ ONNX, its Ultralytics metadata, the trtexec command, and,
-    where TensorRT is usable here, the engines (GPU, plus DLA core 0 on boards with DLA) in both forms.
+    where TensorRT is usable here, the engines (GPU, plus DLA core 0 on boards with DLA) in both forms. `frame`: the
+    same network with the frame's processing inside (its ONNX and `frame` description), bundled and built beside
+    it (on the GPU: DLA runs neither the letterbox nor NMS).
 
     `metadata` is the dict of the metadata.yaml that export_onnx writes. Returns JSON-ready facts for the report;
     "engine" is None, with a "reason", when this host cannot build engines.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    onnx_copy = folder / onnx_path.name
-    if onnx_copy.resolve() != onnx_path.resolve():
-        shutil.copyfile(onnx_path, onnx_copy)
+    onnx_copy = _copy(onnx_path, folder)
     (folder / METADATA).write_text(json.dumps(metadata, indent=1))
-    cache = timing_cache or folder / TIMING_CACHE
-    builds = _builds(target)
-    (folder / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_copy.name, builds, target, cache.name))
     info: dict[str, Any] = {"target": target.name, "onnx": onnx_copy.name, "trtexec": TRTEXEC_SCRIPT,
                             "engine": None, "engines": []}
+    frame_onnx = None
+    if frame:
+        frame_onnx = _copy(frame[0], folder).name
+        (folder / FRAME).write_text(json.dumps({"onnx": frame_onnx, **frame[1]}, indent=1))
+        info["frame_onnx"] = frame_onnx
+    cache = timing_cache or folder / TIMING_CACHE
+    builds = _builds(target, onnx_copy.name, metadata, (frame_onnx, frame[1]) if frame else None)
+    (folder / TRTEXEC_SCRIPT).write_text(trtexec_script(builds, target, cache.name))
     if reason := unusable_reason():
         return {**info, "reason": f"{reason}; {_NO_ENGINE}"}
-    info["engines"] = [build_engine(onnx_copy, folder, stem, dla, target, metadata, cache)
-                       for stem, dla in builds]
+    info["engines"] = [build_engine(folder, build, target, cache) for build in builds]
     info["engine"] = info["engines"][0]["engine"]
     return info
 
 
-def _builds(target: JetsonTarget) -> list[tuple[str, int | None]]:
-    """(file stem, DLA core) of each engine to build: the GPU, and DLA core 0 where the board has one."""
-    return [("model", None)] + ([("model.dla0", 0)] if target.dla_cores else [])
+def _copy(onnx_path: Path, folder: Path) -> Path:
+    copy = folder / onnx_path.name
+    if copy.resolve() != onnx_path.resolve():
+        shutil.copyfile(onnx_path, copy)
+    return copy
 
 
-def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target: JetsonTarget, cache_name: str) -> str:
+def _builds(target: JetsonTarget, onnx_name: str, metadata: dict[str, Any],
+            frame: tuple[str, dict[str, Any]] | None) -> list[Build]:
+    """The engines of a bundle: the network on the GPU, and on DLA core 0 where the board has one; the frame artifact
+    (its ONNX's name and `frame` description), where there is one, on the GPU."""
+    builds = [Build("model", onnx_name, None, metadata)]
+    if target.dla_cores:
+        builds.append(Build("model.dla0", onnx_name, 0, {**metadata, "dla": "0"}))  # Ultralytics' DLA key
+    if frame:
+        frame_onnx, described = frame
+        profile = None
+        if described["input"] == "frame":  # any size: TensorRT builds for a range of them
+            low, opt, high = FRAME_PROFILE
+            opt = opt or described["imgsz"]
+            profile = ("frame", (1, low, low, 3), (1, opt, opt, 3), (1, high, high, 3))
+        builds.append(Build("model_frame", frame_onnx, None,
+                            {**metadata, "end2end": described["nms"], "frame": described}, profile))
+    return builds
+
+
+def trtexec_script(builds: list[Build], target: JetsonTarget, cache_name: str) -> str:
     """A shell script with the trtexec command for each engine, the same settings build_engine uses."""
     lines = [
         "#!/bin/sh",
@@ -139,23 +196,28 @@ def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target:
         # JetPack installs trtexec outside PATH
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
     ]
-    for stem, dla in builds:
+    for build in builds:
         flags = ["--int8"] + (["--fp16"] if target.fp16_fallback else [])
         if target.workspace_mib:
             flags.append(f"--memPoolSize=workspace:{target.workspace_mib}")  # MiB
-        if dla is not None:
-            flags += [f"--useDLACore={dla}", "--allowGPUFallback"]
-        lines.append(f'"$TRTEXEC" --onnx={onnx_name} --saveEngine={stem}.plan {" ".join(flags)} '
+        if build.dla is not None:
+            flags += [f"--useDLACore={build.dla}", "--allowGPUFallback"]
+        if build.profile:
+            name, *shapes = build.profile
+            flags += [f"--{which}Shapes={name}:{'x'.join(map(str, shape))}"
+                      for which, shape in zip(("min", "opt", "max"), shapes)]
+        lines.append(f'"$TRTEXEC" --onnx={build.onnx} --saveEngine={build.stem}.plan {" ".join(flags)} '
                      f"--timingCacheFile={cache_name}")
     return "\n".join(lines) + "\n"
 
 
-def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None, target: JetsonTarget,
-                 metadata: dict[str, Any], timing_cache: Path) -> dict[str, Any]:
-    """Build one engine from a QDQ ONNX: INT8 where the graph has Q/DQ, the other layers in FP16 (or FP32 where
-    the target has no FP16 fallback), within the target's workspace, reusing and updating the timing cache."""
+def build_engine(folder: Path, build: Build, target: JetsonTarget, timing_cache: Path) -> dict[str, Any]:
+    """Build one engine from a QDQ ONNX of the bundle: INT8 where the graph has Q/DQ, the other layers in FP16 (or
+    FP32 where the target has no FP16 fallback), within the target's workspace, reusing and updating the timing
+    cache."""
     import tensorrt as trt
 
+    onnx_path, stem, dla_core = folder / build.onnx, build.stem, build.dla
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -174,6 +236,11 @@ def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None,
     flags = [f for f in wanted if hasattr(trt.BuilderFlag, f)]
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if build.profile:
+        name, *shapes = build.profile
+        profile = builder.create_optimization_profile()
+        profile.set_shape(name, *shapes)
+        config.add_optimization_profile(profile)
     if dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
@@ -188,8 +255,7 @@ def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None,
     timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     plan_bytes = bytes(memoryview(plan))
     (folder / f"{stem}.plan").write_bytes(plan_bytes)
-    header = {**metadata, **({"dla": str(dla_core)} if dla_core is not None else {})}  # Ultralytics' DLA key
-    write_engine(folder / f"{stem}.engine", plan_bytes, header)
+    write_engine(folder / f"{stem}.engine", plan_bytes, build.metadata)
     return {"device": "gpu" if dla_core is None else f"dla{dla_core}", "engine": f"{stem}.engine",
             "plan": f"{stem}.plan", "flags": flags, "workspace_mib": target.workspace_mib,
             "build_s": round(time.perf_counter() - start, 1), "tensorrt": trt.__version__,
@@ -213,13 +279,17 @@ def main(argv: list[str]) -> int:
         target = get_target(args.target)
         folder = args.source if args.source.is_dir() else args.source.parent
         onnx_files = [args.source] if args.source.is_file() else sorted(folder.glob("*.onnx"))
-        if len(onnx_files) != 1:
-            raise UserError(f"{args.source} holds {len(onnx_files)} .onnx files; pass the one to build")
+        frame_file = folder / FRAME
+        frame = json.loads(frame_file.read_text()) if frame_file.is_file() and args.source.is_dir() else None
+        networks = [p for p in onnx_files if not frame or p.name != frame["onnx"]]
+        if len(networks) != 1:
+            raise UserError(f"{args.source} holds {len(networks)} .onnx files; pass the one to build")
         meta_file = folder / METADATA
         if not meta_file.is_file():  # without it the .engine would not load in Ultralytics
             raise UserError(f"{meta_file} is missing; build from the folder compress wrote for the Jetson target")
         metadata = json.loads(meta_file.read_text())
-        info = prepare_jetson(onnx_files[0], metadata, target, folder)
+        info = prepare_jetson(networks[0], metadata, target, folder,
+                              frame=(folder / frame.pop("onnx"), frame) if frame else None)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
