@@ -42,23 +42,23 @@ def frames(demo: tuple[Path, Path]) -> list[np.ndarray]:
     return decoded
 
 
-@pytest.mark.parametrize(("target", "inp"), WRAPS, ids=[f"{t}-{i}" for t, i in WRAPS])
+@pytest.mark.parametrize("inp", INPUTS)
 def test_wrapped_artifact_detects_what_the_host_path_detects(tmp_path: Path, networks: dict[str, Path],
-                                                             frames: list[np.ndarray], target: str, inp: str) -> None:
-    runtime = TARGETS[target].runtime
-    wrapped = TARGETS[target].wrap(networks[target], FrameConfig(input=inp), tmp_path)
-    session = RUNTIMES[runtime].load(wrapped)
+                                                             frames: list[np.ndarray], inp: str) -> None:
+    """In float32 throughout (onnxruntime) the same detections, boxes to the in-graph resize's rounding. (OpenVINO
+    runs float in bf16 here, so there only accuracy is compared, below.)"""
+    wrapped = TARGETS["onnx"].wrap(networks["onnx"], FrameConfig(input=inp), tmp_path)
+    session = RUNTIMES["onnxruntime"].load(wrapped)
     assert session.takes == inp and session.imgsz == IMGSZ and session.frame["nms"]
-    inside, host = Detector(session, IMGSZ), Detector(RUNTIMES[runtime].load(networks[target]), IMGSZ)
+    inside, host = Detector(session, IMGSZ), Detector(RUNTIMES["onnxruntime"].load(networks["onnx"]), IMGSZ)
     found = 0
     for frame in frames:
         ours, theirs = inside(frame), host(frame)
         found += len(ours)
         assert ours.shape[1] == 6 and np.all(np.diff(ours[:, 4]) <= 0)  # best first
         assert np.all(ours[:, [0, 2]] <= frame.shape[1]) and np.all(ours[:, [1, 3]] <= frame.shape[0])
-        if runtime == "onnxruntime":  # float32 throughout: the same boxes, to the resize's rounding
-            assert len(ours) == len(theirs)
-            assert np.abs(ours - theirs).max(initial=0) < (1.0 if inp == "frame" else 1e-3)
+        assert len(ours) == len(theirs)
+        assert np.abs(ours - theirs).max(initial=0) < (1.0 if inp == "frame" else 1e-3)
     assert found >= 5  # raccoons at the deployed confidence, 0.25
 
 
@@ -103,7 +103,7 @@ def test_nms_inside_loads_and_validates_in_ultralytics(tmp_path: Path, networks:
 
     wrapped = TARGETS["onnx"].wrap(networks["onnx"], FrameConfig(input="tensor"), tmp_path)
     model = YOLO(str(wrapped), task="detect")
-    image = sorted((demo[1].parent / "images" / "val").iterdir())[0]
+    image = min((demo[1].parent / "images" / "val").iterdir())
     boxes = model.predict(str(image), imgsz=IMGSZ, verbose=False)[0].boxes
     host = Detector(RUNTIMES["onnxruntime"].load(networks["onnx"]), IMGSZ)(read_images([image])[0][0])
     assert np.allclose(boxes.data.numpy(), host, atol=1e-3)

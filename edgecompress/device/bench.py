@@ -17,14 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-
 import edgecompress.device  # noqa: F401  (registers every runtime)
 from edgecompress import __version__, progress
 from edgecompress.config import to_dict
-from edgecompress.device.host import device_name, host_info, peak_rss_mb, rss_mb
 from edgecompress.device.detector import Detector, sample_input
+from edgecompress.device.host import device_name, host_info, peak_rss_mb, rss_mb
 from edgecompress.device.images import dataset_images, read_images
-from edgecompress.device.postprocess import Thresholds
+from edgecompress.device.postprocess import DEPLOYED, Thresholds
 from edgecompress.device.runtime import RUNTIMES, artifact_bytes, runtime_of
 from edgecompress.device.timing import BenchConfig, summarize, timed
 from edgecompress.errors import UserError
@@ -37,7 +36,7 @@ TAKES = {"frame": "the decoded frame (uint8 BGR, any size), letterboxed inside t
 
 
 def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig, images: list[Path],
-            default_imgsz: int = 640, thresholds: Thresholds = Thresholds()) -> dict[str, Any]:
+            default_imgsz: int = 640, thresholds: Thresholds = DEPLOYED) -> dict[str, Any]:
     """Time `artifact` in `runtime`, end to end and inference alone.
 
     End to end is the figure that counts on a device: real images of the eval split, each decoded from its file
@@ -94,7 +93,7 @@ def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig
 
 def measure_isolated(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig, images: list[Path],
                      workdir: Path, env: dict[str, str] | None = None,
-                     thresholds: Thresholds = Thresholds()) -> dict[str, Any]:
+                     thresholds: Thresholds = DEPLOYED) -> dict[str, Any]:
     """`measure` in a fresh process, so that its peak memory is one session's alone. `workdir` keeps the spec and
     the result (bench.json); `env` adds to the worker's environment."""
     workdir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecompress.device.images import geometry, letterbox, to_input
-from edgecompress.device.postprocess import Thresholds, postprocess, to_frame
+from edgecompress.device.postprocess import DEPLOYED, Thresholds, postprocess, to_frame
 from edgecompress.device.runtime import Session
 
 
@@ -20,7 +20,7 @@ class Detector:
     BGR frame (height, width, 3) of any size. `thresholds` apply where NMS runs here; an artifact with NMS inside
     applies its own, and only its rows above `thresholds.conf` are read."""
 
-    def __init__(self, session: Session, imgsz: int, thresholds: Thresholds = Thresholds()) -> None:
+    def __init__(self, session: Session, imgsz: int, thresholds: Thresholds = DEPLOYED) -> None:
         self.session, self.imgsz, self.thresholds = session, imgsz, thresholds
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:

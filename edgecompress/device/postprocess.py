@@ -22,6 +22,9 @@ class Thresholds:
     max_det: int = 300
 
 
+DEPLOYED = Thresholds()  # Ultralytics' predict defaults
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression over xyxy boxes, best first, at most `max_det`."""
     order = scores.argsort()[::-1]
@@ -37,7 +40,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.n
     return np.array(keep, dtype=np.int64)
 
 
-def postprocess(output: np.ndarray, thresholds: Thresholds = Thresholds()) -> np.ndarray:
+def postprocess(output: np.ndarray, thresholds: Thresholds = DEPLOYED) -> np.ndarray:
     """Detections (N, 6: x1 y1 x2 y2 score class, best first) from a detector's first output, batch 1, in the
     input's pixels.
 

@@ -17,10 +17,9 @@ from edgecompress.targets.frame import INPUTS
 if TYPE_CHECKING:
     import onnx
 
-    from edgecompress.targets.frame import FrameConfig
-
     from edgecompress.pipeline.stage import Stage
     from edgecompress.recipe import Recipe
+    from edgecompress.targets.frame import FrameConfig
 
 PRECISIONS = ("int8", "fp16", "fp32")
 

@@ -17,8 +17,9 @@ comes after it (box decoding and NMS), as graph ops, so that a device feeds the 
 `nms`: Ultralytics' NMS as its validator runs it (every class above `conf` for each anchor, NMS per class at `iou`,
 the best `max_det` kept) with ONNX NonMaxSuppression (OpenVINO's NMS op and TensorRT's INMSLayer once converted);
 out comes (1, max_det, 6): x1 y1 x2 y2 score class, best first, zero rows after the last detection, the layout of
-Ultralytics' end-to-end heads (YOLO26, YOLOv10), whose output needs no NMS and only gets the letterbox undone.
-Boxes are in the frame's pixels (clipped to it) for `input: frame`, else in the network input's.
+Ultralytics' end-to-end heads (YOLO26's and YOLOv10's, exported with nms=False, which need no NMS; the pipeline
+exports YOLO26 with its one-to-many head, Ultralytics' default, so its NMS goes inside too). Boxes are in the
+frame's pixels (clipped to it) for `input: frame`, else in the network input's.
 
 The pieces are built once, as small ONNX graphs, and joined to any network: with onnx.compose for the ONNX artifacts
 (onnxruntime, TensorRT) and port to port for an OpenVINO IR (NNCF's INT8 exists only as an IR). OpenVINO's
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from edgecompress.config import require
-from edgecompress.device.postprocess import Thresholds
+from edgecompress.device.postprocess import DEPLOYED, Thresholds
 
 if TYPE_CHECKING:
     import onnx
@@ -51,7 +52,6 @@ FRAME, IMAGES, RAW, LETTERBOX, DETECTIONS = "frame", "images", "output0", "/fram
 INPUTS = ("frame", "letterboxed", "tensor")
 PAD_VALUE = 114.0  # Ultralytics' letterbox grey
 MAX_TOPK = 3840  # TensorRT's largest TopK
-_DEPLOYED = Thresholds()  # Ultralytics' predict defaults
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,9 @@ class FrameConfig:
 
     input: Literal["target", "frame", "letterboxed", "tensor"] = "target"  # target: the target's (measured)
     nms: bool = True  # NMS inside (measured cheaper than numpy's in every runtime here)
-    conf: float = _DEPLOYED.conf  # the deployed thresholds (accuracy is measured with eval.conf and eval.iou in
-    iou: float = _DEPLOYED.iou  #    the same graph)
-    max_det: int = _DEPLOYED.max_det
+    conf: float = DEPLOYED.conf  # the deployed thresholds (accuracy is measured with eval.conf and eval.iou in
+    iou: float = DEPLOYED.iou  #    the same graph)
+    max_det: int = DEPLOYED.max_det
 
     def __post_init__(self) -> None:
         require(self.input in ("target", *INPUTS),
@@ -182,43 +182,36 @@ def pre_graph(imgsz: int, letterbox: bool, like: onnx.ModelProto) -> onnx.ModelP
     return g.model([helper.make_tensor_value_info(FRAME, TensorProto.UINT8, shape)], outputs, like)
 
 
-def end_to_end_head(shape: tuple[int, ...]) -> bool:
-    """Whether a detector's output of this shape is already final, (1, max_det, 6) (YOLO26's, YOLOv10's), rather
-    than the (1, 4 + classes, anchors) that needs NMS (the same test as edgecompress.device.postprocess)."""
-    return shape[-1] == 6 and shape[1] != 6
-
-
 def post_graph(raw_shape: tuple[int, ...], config: FrameConfig, like: onnx.ModelProto) -> onnx.ModelProto:
-    """output0 (the network's) [and the letterbox, for `input: frame`] -> detections (1, max_det, 6)."""
+    """output0 (the network's, (1, 4 + classes, anchors)) [and the letterbox, for `input: frame`] -> detections
+    (1, max_det, 6)."""
     import numpy as np
     from onnx import TensorProto, helper
 
+    if raw_shape[-1] == 6 and raw_shape[1] != 6:  # the test edgecompress.device.postprocess makes
+        raise ValueError(f"the network's output {raw_shape} is already final (an end-to-end head, exported with "
+                         f"nms=False); it needs no NMS: write frame.nms: false")
     g = _Graph(f"{PREFIX}post/")
     f32, i64 = np.float32, np.int64
     k = config.max_det
-    if end_to_end_head(raw_shape):  # already final: boxes and scores as they are (the host drops zero-score rows)
-        rows = g.op("Squeeze", RAW, g.const([0], i64))
-        boxes, scores, classes = (g.op("Slice", rows, g.const([a], i64), g.const([b], i64), g.const([1], i64))
-                                  for a, b in ((0, 4), (4, 5), (5, 6)))
-    else:
-        cxcywh = g.op("Transpose", g.op("Slice", RAW, g.const([0], i64), g.const([4], i64), g.const([1], i64)),
-                      perm=[0, 2, 1])  # (1, anchors, 4)
-        all_scores = g.op("Slice", RAW, g.const([4], i64), g.const([2**62], i64), g.const([1], i64))  # (1, nc, A)
-        chosen = g.op("NonMaxSuppression", cxcywh, all_scores, g.const([k], i64), g.const([config.iou], f32),
-                      g.const([config.conf], f32), center_point_box=1)  # (n, 3): batch, class, anchor
-        found = g.op("GatherND", all_scores, chosen)  # (n,)
-        # the best k over every class: TopK of a constant k (TensorRT's), so pad with k zero-score entries
-        top, order = g.op("TopK", g.op("Concat", found, g.const(np.zeros(k), f32), axis=0), g.const([k], i64),
-                          outputs=2)
-        picked = g.op("Gather", g.op("Concat", chosen, g.const(np.zeros((k, 3)), i64), axis=0), order, axis=0)
-        anchors = g.op("Gather", picked, g.const(2, i64), axis=1)
-        xywh = g.op("Gather", g.op("Squeeze", cxcywh, g.const([0], i64)), anchors, axis=0)  # (k, 4)
-        centre = g.op("Slice", xywh, g.const([0], i64), g.const([2], i64), g.const([1], i64))
-        half = g.op("Div", g.op("Slice", xywh, g.const([2], i64), g.const([4], i64), g.const([1], i64)),
-                    g.const(2.0, f32))
-        boxes = g.op("Concat", g.op("Sub", centre, half), g.op("Add", centre, half), axis=1)
-        scores = g.op("Unsqueeze", top, g.const([1], i64))
-        classes = g.op("Cast", g.op("Gather", picked, g.const([1], i64), axis=1), to=TensorProto.FLOAT)
+    cxcywh = g.op("Transpose", g.op("Slice", RAW, g.const([0], i64), g.const([4], i64), g.const([1], i64)),
+                  perm=[0, 2, 1])  # (1, anchors, 4)
+    all_scores = g.op("Slice", RAW, g.const([4], i64), g.const([2**62], i64), g.const([1], i64))  # (1, nc, A)
+    chosen = g.op("NonMaxSuppression", cxcywh, all_scores, g.const([k], i64), g.const([config.iou], f32),
+                  g.const([config.conf], f32), center_point_box=1)  # (n, 3): batch, class, anchor
+    found = g.op("GatherND", all_scores, chosen)  # (n,)
+    # the best k over every class: TopK of a constant k (TensorRT's), so pad with k zero-score entries
+    top, order = g.op("TopK", g.op("Concat", found, g.const(np.zeros(k), f32), axis=0), g.const([k], i64),
+                      outputs=2)
+    picked = g.op("Gather", g.op("Concat", chosen, g.const(np.zeros((k, 3)), i64), axis=0), order, axis=0)
+    anchors = g.op("Gather", picked, g.const(2, i64), axis=1)
+    xywh = g.op("Gather", g.op("Squeeze", cxcywh, g.const([0], i64)), anchors, axis=0)  # (k, 4)
+    centre = g.op("Slice", xywh, g.const([0], i64), g.const([2], i64), g.const([1], i64))
+    half = g.op("Div", g.op("Slice", xywh, g.const([2], i64), g.const([4], i64), g.const([1], i64)),
+                g.const(2.0, f32))
+    boxes = g.op("Concat", g.op("Sub", centre, half), g.op("Add", centre, half), axis=1)
+    scores = g.op("Unsqueeze", top, g.const([1], i64))
+    classes = g.op("Cast", g.op("Gather", picked, g.const([1], i64), axis=1), to=TensorProto.FLOAT)
     inputs = [helper.make_tensor_value_info(RAW, TensorProto.FLOAT, list(raw_shape))]
     if config.input == "frame":  # back to the frame's pixels, as Ultralytics' scale_boxes: minus the padding,
         # over the gain, clipped to the frame
@@ -237,8 +230,7 @@ def post_graph(raw_shape: tuple[int, ...], config: FrameConfig, like: onnx.Model
     valid = g.op("Cast", g.op("Greater", scores, g.const(0.0, f32)), to=TensorProto.FLOAT)  # padding rows: zeros
     rows = g.op("Mul", g.op("Concat", boxes, scores, classes, axis=1), valid)
     g.op("Unsqueeze", rows, g.const([0], i64), out=DETECTIONS)
-    outputs = [helper.make_tensor_value_info(DETECTIONS, TensorProto.FLOAT,
-                                             [1, raw_shape[1] if end_to_end_head(raw_shape) else k, 6])]
+    outputs = [helper.make_tensor_value_info(DETECTIONS, TensorProto.FLOAT, [1, k, 6])]
     return g.model(inputs, outputs, like)
 
 
@@ -303,7 +295,7 @@ def wrap_openvino(ir_folder: Path, config: FrameConfig, dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    ov.save_model(model, str(dest / f"{dest.name.removesuffix('_openvino_model')}.xml"), compress_to_fp16=False)
+    ov.save_model(model, str(dest / xml_of(ir_folder).name), compress_to_fp16=False)  # the network's file name
     metadata = yaml.safe_load((ir_folder / "metadata.yaml").read_text())
     (dest / "metadata.yaml").write_text(yaml.safe_dump({**metadata, **_metadata(config, imgsz, as_text=False)},
                                                        sort_keys=False))

@@ -11,8 +11,8 @@ from edgecompress.targets.base import Int8Rules, Target
 
 if TYPE_CHECKING:
     from edgecompress.pipeline.stage import Stage
-    from edgecompress.targets.frame import FrameConfig
     from edgecompress.recipe import Recipe
+    from edgecompress.targets.frame import FrameConfig
 
 
 @dataclass(frozen=True)
