@@ -1,9 +1,9 @@
 """The whole frame, as a device runs it: the decoded camera frame in, detections in its pixels out.
 
 One path for every artifact, so that end-to-end latency (edgecompress.device.bench) and the accuracy of artifacts
-with the frame's processing inside (edgecompress.yolo.frames) measure the same thing: what an artifact holds runs
-inside (edgecompress.targets.frame), the rest (letterbox with OpenCV, conversion to the tensor, NMS, the boxes' way back
-to the frame) happens here, in numpy and OpenCV.
+with the frame's processing inside (edgecompress.yolo.model.Evaluator.frames) measure the same thing: what an
+artifact holds runs inside it (edgecompress.targets.frame), the rest (letterbox, conversion to the tensor, NMS, the
+boxes' way back to the frame) here, in OpenCV and numpy.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ comes after it (box decoding and NMS), as graph ops, so that a device feeds the 
   a Reshape to (1, 3, imgsz, imgsz) right after the padding keeps the network itself static-shaped, so the runtime
   plans it exactly as the plain model.
 - `letterboxed`: the frame letterboxed by OpenCV on the host (uint8 BGR, (1, imgsz, imgsz, 3)); the graph does the
-  rest. OpenVINO's resize (its Interpolate op, which its PrePostProcessor inserts too) ran 7-10x slower than
-  cv2.resize on the CPUs measured, so on OpenVINO the resize stays in OpenCV and everything after it goes inside
-  (BENCHMARKS.md, "The whole frame").
+  rest. OpenVINO's resize (its Interpolate op, which its PrePostProcessor inserts too) ran 10-20x slower than
+  cv2.resize on this CPU (AMD EPYC, Zen 5), so on OpenVINO the resize stays in OpenCV and everything after it goes
+  inside (BENCHMARKS.md, "The whole frame").
 - `tensor`: what Ultralytics exports take, float32 RGB 0-1 (1, 3, imgsz, imgsz), letterboxed on the host.
 
 `nms`: Ultralytics' NMS as its validator runs it (every class above `conf` for each anchor, NMS per class at `iou`,

@@ -61,7 +61,7 @@ def to_ir(onnx_path: Path, dest: Path, metadata_yaml: Path) -> Path:
 # FakeQuantize ops (OpenVINO runs each Q/DQ pair as one: onnxruntime's placement ran 1.25x slower, BENCHMARKS.md).
 # oneDNN blocks channels by 8 (AVX2) or 16 (AVX-512); 16 suits both (BENCHMARKS.md, "Pruning": latency fell with
 # FLOPs about 0.75 times rounded to 16, about 0.5 times unrounded).
-# OpenVINO's Interpolate (the resize of a letterbox inside the graph) ran 7-10x slower than cv2.resize here, so the
+# OpenVINO's Interpolate (the resize of a letterbox inside the graph) ran 10-20x slower than cv2.resize here, so the
 # host letterboxes with OpenCV and the artifact does the rest (BENCHMARKS.md, "The whole frame").
 X86 = OpenVINOTarget("x86", "x86 CPU with OpenVINO", "openvino", ("int8", "fp32"),
                      Int8Rules(("nncf", "qdq"), "uint8", symmetric_activations=False, placement="nncf"),
