@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     final = report["final"]
     print(f"\nreport: {out / 'report.md'} (and report.json, compress.log); artifact: {out / final['artifact']}"
-          + (f" (its network, which Ultralytics' YOLO() loads: {out / final['network']})" if "network" in final else ""))
+          + (f" (its network, which YOLO() loads: {out / final['network']})" if "network" in final else ""))
     for s in report["stages"]:
         acc, bench = s["accuracy"], s["benchmark"]
         print(f"  {s['name']:<26} mAP50-95 {acc['map50_95']:.3f} ({change_points(s, report['stages']):+.2f})  "

@@ -158,7 +158,8 @@ def pre_graph(imgsz: int, letterbox: bool, like: onnx.ModelProto) -> onnx.ModelP
     outputs = [helper.make_tensor_value_info(IMAGES, TensorProto.FLOAT, [1, 3, imgsz, imgsz])]
     if letterbox:  # the sizes in integers: a runtime may run float arithmetic in bf16 (OpenVINO on this CPU did)
         hw = g.op("Slice", g.op("Shape", FRAME), g.const([1], i64), g.const([3], i64))  # h, w
-        longest = g.op("ReduceMax", hw, keepdims=1)  # it becomes S: the gain is S / longest
+        longest = g.op("Max", *(g.op("Slice", hw, g.const([i], i64), g.const([i + 1], i64)) for i in (0, 1)))
+        # the longest side becomes S: the gain is S / longest (elementwise on shapes: TensorRT's shape arithmetic)
         # round(h * S / longest), round(w * S / longest); an exact half rounds up (Python's round: to even)
         new = g.op("Div", g.op("Add", g.op("Mul", hw, g.const(2 * imgsz, i64)), longest),
                    g.op("Mul", longest, g.const(2, i64)))
