@@ -34,6 +34,12 @@ class Report:
         return self.folder / self.data["final"]["artifact"]
 
     @property
+    def network(self) -> Path | None:
+        """Beside a final artifact with the frame inside, its network: what Ultralytics' YOLO() loads."""
+        name = self.data["final"].get("network")
+        return self.folder / name if name else None
+
+    @property
     def passed(self) -> bool:
         """Whether every gate holds."""
         return self.data["passed"]

@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
                    help="mAP50-95 points the final artifact may lose: the INT8 fallback keeps layers in float to stay "
                         "within it (default 1.0), and the run fails (exit 1) if it still loses more")
     p.add_argument("--max-latency-ms", metavar="MS", type=float,
-                   help="gate: fail (exit 1) if the final artifact's p50 inference latency exceeds this")
+                   help="gate: fail (exit 1) if the final artifact's p50 end-to-end latency (the decoded frame to "
+                        "detections: letterbox, inference, NMS) exceeds this")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle the checkpoint fully (it can run code): only for a file whose origin you trust; "
                         "by default only the classes an Ultralytics detection checkpoint needs are allowed")
@@ -89,6 +90,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from edgecompress import progress
+    from edgecompress.pipeline.report import change_points
     from edgecompress.pipeline.runner import Runner
 
     recipe = recipe_from_args(args)
@@ -102,13 +104,14 @@ def run(args: argparse.Namespace) -> int:
             report = Runner(recipe, Path(args.out), trust_checkpoint=args.trust_checkpoint,
                             echo=sys.stderr if args.verbose or args.debug else None).run()
     out = Path(args.out)
-    base = report["stages"][0]["accuracy"]["map50_95"]
-    print(f"\nreport: {out / 'report.md'} (and report.json, compress.log); artifact: "
-          f"{out / report['final']['artifact']}")
+    final = report["final"]
+    print(f"\nreport: {out / 'report.md'} (and report.json, compress.log); artifact: {out / final['artifact']}"
+          + (f" (its network, which YOLO() loads: {out / final['network']})" if "network" in final else ""))
     for s in report["stages"]:
-        acc, inf = s["accuracy"], s["benchmark"]["inference"]
-        print(f"  {s['name']:<18} mAP50-95 {acc['map50_95']:.3f} ({100 * (acc['map50_95'] - base):+.2f})  "
-              f"p50 {inf['p50_ms']:7.1f} ms  {s['benchmark']['file_mb']:6.1f} MB")
+        acc, bench = s["accuracy"], s["benchmark"]
+        print(f"  {s['name']:<26} mAP50-95 {acc['map50_95']:.3f} ({change_points(s, report['stages']):+.2f})  "
+              f"end to end p50 {bench['end_to_end']['p50_ms']:7.1f} ms  inference {bench['inference']['p50_ms']:7.1f} "
+              f"ms  {bench['file_mb']:6.1f} MB")
     failed = [g for g in report["gates"] if not g["passed"]]
     for g in failed:
         print(f"gate failed: {g['gate']} = {g['value']} (limit {g['limit']})", file=sys.stderr)
@@ -153,7 +156,8 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="NAME", help="the target it was built for (its default image size is used "
                    "when the artifact's input size is dynamic)")
     p.add_argument("--data", metavar="YAML", type=Path,
-                   help="dataset YAML: its val images time end to end (letterbox + inference + NMS); else skipped")
+                   help="dataset YAML: its val images, decoded beforehand, time end to end (the frame to detections: "
+                        "letterbox, inference, NMS); else skipped")
     p.add_argument("--runs", metavar="N", type=int, default=100, help="timed runs (default %(default)s; at most 30 s)")
     p.add_argument("--threads", metavar="N", type=int, default=0, help="CPU threads (default 0: the runtime's)")
     p.add_argument("--out", metavar="DIR", type=Path, default=Path("compress-bench"),
@@ -172,9 +176,10 @@ def bench(args: argparse.Namespace) -> int:
     report = bench_artifact(args.artifact, facts, target.imgsz if target else 640, args.data,
                             BenchConfig(runs=args.runs, threads=args.threads), args.out)
     inf, e2e = report["inference"], report["end_to_end"]
-    print(f"{report['device']}, {report['runtime']}: inference p50 {inf['p50_ms']:.2f} ms "
-          f"(p90 {inf['p90_ms']:.2f}, p99 {inf['p99_ms']:.2f}, {inf['throughput_fps']:.1f} img/s)"
-          + (f", end to end p50 {e2e['p50_ms']:.2f} ms" if e2e else ""))
+    print(f"{report['device']}, {report['runtime']}: "
+          + (f"end to end p50 {e2e['p50_ms']:.2f} ms (p90 {e2e['p90_ms']:.2f}, p99 {e2e['p99_ms']:.2f}, "
+             f"{e2e['throughput_fps']:.1f} frames/s), " if e2e else "")
+          + f"inference p50 {inf['p50_ms']:.2f} ms (p90 {inf['p90_ms']:.2f}, p99 {inf['p99_ms']:.2f})")
     print(f"bench: {args.out / 'bench.md'} (and bench.json)")
     return 0
 

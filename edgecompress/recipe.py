@@ -18,6 +18,7 @@ from edgecompress.device.timing import BenchConfig
 from edgecompress.prune.config import PruneConfig
 from edgecompress.quantize.config import QuantConfig
 from edgecompress.targets import get_target
+from edgecompress.targets.frame import FrameConfig
 from edgecompress.yolo.config import FinetuneConfig
 
 
@@ -39,7 +40,7 @@ class Gates:
     """Release gates: a run whose final artifact breaks one exits with status 1."""
 
     max_map_drop: float | None = None  # mAP50-95 points (x100) lost against the baseline checkpoint
-    max_latency_ms: float | None = None  # p50 inference latency of the final artifact
+    max_latency_ms: float | None = None  # p50 end-to-end latency of the final artifact (frame to detections)
 
     def __post_init__(self) -> None:
         require(self.max_map_drop is None or self.max_map_drop >= 0,
@@ -60,6 +61,7 @@ class Recipe:
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    frame: FrameConfig = field(default_factory=FrameConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     gates: Gates = field(default_factory=Gates)

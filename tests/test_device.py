@@ -1,5 +1,6 @@
 """The device package runs where a device has only numpy, OpenCV, pyyaml and onnxruntime: a real venv with exactly
-those (and no torch, Ultralytics or onnx) imports it and runs `compress bench` end to end."""
+those (and no torch, Ultralytics or onnx) imports it and runs `compress bench` end to end, on a plain artifact and on
+one with the frame inside."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def test_the_light_venv_has_no_heavy_package(device_python: Path) -> None:
 
 
 def test_device_package_imports_and_benches_there(device_python: Path, tmp_path: Path, demo) -> None:
+    from edgecompress.targets import get_target
+    from edgecompress.targets.frame import FrameConfig
     from edgecompress.yolo.model import export_onnx, load_model
 
     onnx_path = export_onnx(load_model(demo[0]), 96, tmp_path / "export", "model")
@@ -48,10 +51,13 @@ def test_device_package_imports_and_benches_there(device_python: Path, tmp_path:
              "print(sorted(m for m in ('torch', 'ultralytics', 'onnx') if m in sys.modules))")
     proc = subprocess.run([str(device_python), "-c", check], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
-    out = tmp_path / "bench"
-    proc = subprocess.run([str(device_python), "-m", "edgecompress.cli", "bench", str(onnx_path), "--data",
-                           str(demo[1]), "--runs", "3", "--target", "arm", "--out", str(out)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "bench.json").read_text())
-    assert report["runtime"] == "onnxruntime" and report["end_to_end"]["runs"] == 3
+    framed = get_target("arm").wrap(onnx_path, FrameConfig(input="frame"), tmp_path / "frame")
+    for artifact, takes in ((onnx_path, "tensor"), (framed, "frame")):  # the same end-to-end path, light
+        out = tmp_path / f"bench-{takes}"
+        proc = subprocess.run([str(device_python), "-m", "edgecompress.cli", "bench", str(artifact), "--data",
+                               str(demo[1]), "--runs", "3", "--target", "arm", "--out", str(out)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads((out / "bench.json").read_text())
+        assert report["runtime"] == "onnxruntime" and report["end_to_end"]["runs"] == 3
+        assert report["takes"] == takes and report["imgsz"] == 96 and report["nms_inside"] == (takes == "frame")

@@ -40,9 +40,10 @@ def test_run_writes_a_report_for_every_stage(x86_run, demo) -> None:
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "edgecompress.report/1"
-    assert [s["name"] for s in report["stages"]] == ["baseline", "onnx-fp32", "openvino-fp32", "openvino-int8"]
-    assert [s["runtime"] for s in report["stages"]] == ["torch", "onnxruntime", "openvino", "openvino"]
-    assert [s["precision"] for s in report["stages"]] == ["fp32", "fp32", "fp32", "int8"]
+    assert [s["name"] for s in report["stages"]] == ["baseline", "onnx-fp32", "openvino-fp32", "openvino-int8",
+                                                     "openvino-int8-letterboxed"]
+    assert [s["runtime"] for s in report["stages"]] == ["torch", "onnxruntime", "openvino", "openvino", "openvino"]
+    assert [s["precision"] for s in report["stages"]] == ["fp32", "fp32", "fp32", "int8", "int8"]
     for stage in report["stages"]:
         assert 0 < stage["accuracy"]["map50_95"] <= stage["accuracy"]["map50"] <= 1
         assert stage["accuracy"]["images"] == 12
@@ -54,11 +55,11 @@ def test_run_writes_a_report_for_every_stage(x86_run, demo) -> None:
     # The FP32 ONNX computes what PyTorch does, measured the same way (square letterbox): the same mAP.
     # OpenVINO's CPU plugin executes in bf16 where the CPU has it (as Ultralytics' own export does here),
     # which moves mAP by about a point on 12 images at 160 px; a broken conversion loses far more.
-    torch_map, onnx_map, openvino_map, int8_map = (s["accuracy"]["map50_95"] for s in report["stages"])
+    torch_map, onnx_map, openvino_map, int8_map, _ = (s["accuracy"]["map50_95"] for s in report["stages"])
     assert abs(onnx_map - torch_map) < 0.002
     assert abs(openvino_map - torch_map) < 0.03
     assert report["stages"][2]["benchmark"]["execution_precision"] in ("f32", "bf16", "f16")
-    quant = report["stages"][-1]["info"]
+    quant = report["stages"][3]["info"]
     assert quant["mode"] == "ptq" and quant["calibration_images"] == 24
     assert quant["fp32_map50_95"] == openvino_map  # held to the reported FP32 stage, evaluated once for both
     manifest = [entry["stage"] for entry in json.loads((out / "manifest.json").read_text())["stages"]]
@@ -67,8 +68,14 @@ def test_run_writes_a_report_for_every_stage(x86_run, demo) -> None:
     choice = quant["quantizer_choice"]  # x86's default builds both; which is kept depends on measured speed
     assert choice["setting"] == "auto"
     assert quant["quantizer"] == choice["chosen"]
-    assert report["stages"][-1]["benchmark"]["file_mb"] < report["stages"][-2]["benchmark"]["file_mb"] / 2
+    assert report["stages"][3]["benchmark"]["file_mb"] < report["stages"][2]["benchmark"]["file_mb"] / 2
     assert int8_map > 0.5 * openvino_map  # an INT8 model that quantized the head's decode detects nothing
+    # the deployed artifact: the INT8 network with the conversion and NMS inside, scoring what its network scores
+    # fed the same frames by the host (edgecompress.targets.frame; tests/test_frame.py for every variant)
+    frame = report["stages"][-1]
+    assert frame["info"]["network"] == "openvino-int8" and frame["info"]["frame"]["input"] == "letterboxed"
+    assert frame["accuracy"]["protocol"] == "frames" and abs(frame["accuracy"]["change_points"]) <= 0.1
+    assert frame["benchmark"]["takes"] == "letterboxed" and frame["benchmark"]["nms_inside"]
     assert report["recipe"]["imgsz"] == 160 and report["target"]["runtime"] == "openvino"
     assert (out / "report.png").stat().st_size > 10_000
     assert "| openvino-fp32 | openvino | fp32 (bf16 execution) |" in (out / "report.md").read_text() or \
@@ -86,8 +93,9 @@ def test_published_artifact_loads_in_ultralytics(x86_run, demo) -> None:
 
     out, _, _ = x86_run
     report = json.loads((out / "report.json").read_text())
-    artifact = out / report["final"]["artifact"]
-    assert artifact.name.endswith("_openvino_model") and (artifact / "metadata.yaml").is_file()
+    assert report["final"]["artifact"].endswith("_letterboxed_openvino_model")
+    artifact = out / report["final"]["network"]  # beside the deployed artifact: what Ultralytics loads
+    assert artifact.name.endswith("-int8_openvino_model") and (artifact / "metadata.yaml").is_file()
     image = sorted((demo[1].parent / "images" / "val").iterdir())[0]
     result = YOLO(str(artifact), task="detect").predict(str(image), imgsz=160, verbose=False)[0]
     assert result.names == {0: "raccoon"} and len(result.boxes) >= 1
@@ -136,7 +144,7 @@ def test_run_killed_during_export_resumes(tmp_path: Path, fast_recipe) -> None:
     assert "[load] reused" in resumed.stderr and "[export] done in" in resumed.stderr
     assert not list((out / "stages").glob(".tmp-*"))
     report = json.loads((out / "report.json").read_text())
-    assert [s["name"] for s in report["stages"]] == ["baseline", "onnx-fp32"]
+    assert [s["name"] for s in report["stages"]] == ["baseline", "onnx-fp32", "onnx-fp32-frame"]
 
 
 def test_second_concurrent_run_is_refused(tmp_path: Path, fast_recipe, capsys) -> None:
@@ -163,8 +171,8 @@ def test_prune_finetune_and_qat_run_as_one_chain(tmp_path: Path, fast_recipe) ->
     assert main(["--recipe", str(recipe), "--prune", "0.2", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     names = [s["name"] for s in report["stages"]]
-    assert names == ["baseline", "prune", "finetune", "onnx-fp32", "onnxruntime-int8"]
-    baseline, pruned, finetuned, fp32, int8 = report["stages"]
+    assert names == ["baseline", "prune", "finetune", "onnx-fp32", "onnxruntime-int8", "onnxruntime-int8-frame"]
+    baseline, pruned, finetuned, fp32, int8, _ = report["stages"]
     assert pruned["gflops"] < 0.85 * baseline["gflops"] and pruned["parameters"] < baseline["parameters"]
     assert finetuned["gflops"] == pruned["gflops"] == fp32["gflops"]  # no grow-back through training and export
     assert int8["info"]["mode"] == "qat" and int8["precision"] == "int8"

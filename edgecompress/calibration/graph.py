@@ -12,12 +12,14 @@ import onnx
 # class Sigmoid, the final Concat of pixel boxes with 0..1 scores), which INT8 ruins: it stays float.
 _BRANCH = re.compile(r"/cv[23]\.\d+/")
 _MODULE = re.compile(r"^/?(model\.\d+)/")
+RAW = "output0"  # the detection output of an Ultralytics export
 
 
 def head_scope(model: onnx.ModelProto) -> str:
-    """The name prefix of the head module ('/model.22/'), found from the node that writes the first output."""
+    """The name prefix of the head module ('/model.22/'), found from the node that writes the network's output
+    (`output0`, inside the graph when the frame's processing follows it: edgecompress.targets.frame)."""
     producers = {out: node for node in model.graph.node for out in node.output}
-    node = producers[model.graph.output[0].name]
+    node = producers.get(RAW) or producers[model.graph.output[0].name]
     while node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast") and node.input[0] in producers:
         node = producers[node.input[0]]  # a quantized or cast output: the head is behind its Q/DQ or Cast
     match = _MODULE.match(node.name)

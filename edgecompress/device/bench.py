@@ -13,17 +13,17 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 import edgecompress.device  # noqa: F401  (registers every runtime)
 from edgecompress import __version__, progress
 from edgecompress.config import to_dict
+from edgecompress.device.detector import Detector, sample_input
 from edgecompress.device.host import device_name, host_info, peak_rss_mb, rss_mb
-from edgecompress.device.images import dataset_images, read_images, to_input
-from edgecompress.device.postprocess import postprocess
+from edgecompress.device.images import dataset_images, read_images
+from edgecompress.device.postprocess import DEPLOYED, Thresholds
 from edgecompress.device.runtime import RUNTIMES, artifact_bytes, runtime_of
 from edgecompress.device.timing import BenchConfig, summarize, timed
 from edgecompress.errors import UserError
@@ -31,30 +31,32 @@ from edgecompress.errors import UserError
 LOG = logging.getLogger("edgecompress")
 SCHEMA = "edgecompress.bench/1"
 BENCH_IMAGES = 16  # end-to-end latency cycles through this many images of the eval split
+TAKES = {"frame": "the decoded frame (uint8 BGR, any size), letterboxed inside to {s}x{s}",
+         "letterboxed": "the frame letterboxed (uint8 BGR 1x{s}x{s}x3)", "tensor": "1x3x{s}x{s} float"}
 
 
 def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig, images: list[Path],
-            default_imgsz: int = 640) -> dict[str, Any]:
-    """Time `artifact` in `runtime`: inference alone on a fixed input, then end to end on real images
-    (letterbox + inference + NMS; decoding the file is excluded, as in Ultralytics' speed figures). Images that do
-    not decode are skipped, with a warning that names them.
+            default_imgsz: int = 640, thresholds: Thresholds = DEPLOYED) -> dict[str, Any]:
+    """Time `artifact` in `runtime`, end to end and inference alone.
+
+    End to end is the figure that counts on a device: real images of the eval split, each decoded from its file
+    once, before any timing, at its native size (as a camera delivers frames), then the whole path to detections
+    in the frame's pixels (edgecompress.device.detector: letterbox, inference, NMS at `thresholds`, boxes back to
+    the frame; inside the artifact what it holds). Inference alone is the artifact's one call on a fixed input of
+    what it takes (the first image, for an artifact fed uint8 frames). Images that do not decode are skipped, with a
+    warning that names them.
 
     `imgsz` None: the artifact's own input size, or `default_imgsz` where its input size is dynamic."""
     engine = RUNTIMES[runtime]
     rss_before = rss_mb()
     start = time.perf_counter()
     session = engine.load(artifact, config.threads)
-    infer = session.infer
     load_s = time.perf_counter() - start
-    static = session.input_shape[-1]
+    static = session.imgsz
     if imgsz is not None and static is not None and static != imgsz:
         raise UserError(f"{artifact} takes {static}x{static} input, not the {imgsz} asked for; "
                         f"bench it at imgsz {static}")
     imgsz = imgsz or static or default_imgsz
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    with progress.task("timing inference", total=config.runs, unit="run") as runs:
-        inference = summarize(timed(lambda _: infer(x), config, runs.advance))
-    device_mb = [session.device_memory_mb()] if session.device_memory_mb else []
     decoded, broken = read_images(images)
     if broken:
         LOG.warning("skipped %d image(s) that do not decode (truncated or not images): %s", len(broken),
@@ -62,22 +64,26 @@ def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig
     if images and not decoded:
         raise UserError(f"none of the {len(images)} benchmark images decodes: {', '.join(map(str, broken))}; "
                         f"replace them or check the dataset")
-
-    def end_to_end(i: int) -> None:
-        postprocess(infer(to_input(decoded[i % len(decoded)], imgsz))[0])
-
+    x = sample_input(session, imgsz, decoded[0] if decoded else None)
+    infer = session.infer
+    with progress.task("timing inference", total=config.runs, unit="run") as runs:
+        inference = summarize(timed(lambda _: infer(x), config, runs.advance))
+    device_mb = [session.device_memory_mb()] if session.device_memory_mb else []
+    detect = Detector(session, imgsz, thresholds)
     e2e = None
     if decoded:
         with progress.task("timing end to end", total=config.runs, unit="run") as runs:
-            e2e = summarize(timed(end_to_end, config, runs.advance))
+            e2e = summarize(timed(lambda i: detect(decoded[i % len(decoded)]), config, runs.advance))
     memory = {"peak_rss_mb": round(peak_rss_mb(), 1), "session_rss_mb": round(rss_mb() - rss_before, 1)}
     if session.device_memory_mb:  # sampled between the timed phases, not inside them, so timing stays clean
         memory["peak_gpu_mb"] = round(max(device_mb + [session.device_memory_mb()]), 1)
     return {
         "artifact": str(artifact), "runtime": runtime, "imgsz": imgsz, "batch": 1,
+        "takes": session.takes, "nms_inside": bool(session.frame and session.frame["nms"]),
         "file_mb": round(artifact_bytes(artifact) / 2**20, 3),
         "load_s": round(load_s, 3),
-        "inference": inference, "end_to_end": e2e,
+        "end_to_end": e2e, "inference": inference,
+        "thresholds": asdict(thresholds),
         "memory": memory,
         "threads": config.threads or os.cpu_count(),
         "execution_precision": session.execution_precision,
@@ -86,12 +92,13 @@ def measure(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig
 
 
 def measure_isolated(artifact: Path, runtime: str, imgsz: int | None, config: BenchConfig, images: list[Path],
-                     workdir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+                     workdir: Path, env: dict[str, str] | None = None,
+                     thresholds: Thresholds = DEPLOYED) -> dict[str, Any]:
     """`measure` in a fresh process, so that its peak memory is one session's alone. `workdir` keeps the spec and
     the result (bench.json); `env` adds to the worker's environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec = {"artifact": str(artifact), "runtime": runtime, "imgsz": imgsz, "config": to_dict(config),
-            "images": [str(p) for p in images]}
+            "images": [str(p) for p in images], "thresholds": asdict(thresholds)}
     (workdir / "spec.json").write_text(json.dumps(spec, indent=2))
     proc = subprocess.Popen([sys.executable, "-m", "edgecompress.device.bench", str(workdir / "spec.json"),
                              str(workdir / "bench.json")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -155,14 +162,15 @@ def bench_markdown(report: dict[str, Any]) -> str:
     lines = [f"# On-device benchmark: {Path(report['artifact']).name} on {report['device']}", "",
              f"- artifact: `{report['artifact']}` ({report['file_mb']:.1f} MB, sha256 {report['sha256'][:12]}), "
              f"loaded in {report['load_s']:.2f} s",
-             f"- runtime: {report['runtime']} {host.get('runtime_version', '')}, input {report['batch']}x3x"
-             f"{report['imgsz']}x{report['imgsz']}, {report['threads']} threads",
+             f"- runtime: {report['runtime']} {host.get('runtime_version', '')}, "
+             + f"input {TAKES[report['takes']].format(s=report['imgsz'])}"
+             + (", NMS inside" if report["nms_inside"] else "") + f", {report['threads']} threads",
              f"- device: {host['cpu']}, {host['cores']} cores, {host['machine']}"
              + "".join(f", {k.replace('_', ' ')} {host[k]}" for k in ("board", "gpu", "power_mode") if host.get(k)),
              f"- target: {report['target']['name']}" if report["target"] else "- target: not given",
              "", "| timing | runs | p50 (ms) | p90 (ms) | p99 (ms) | mean (ms) | throughput (img/s) |",
              "|---|---|---|---|---|---|---|"]
-    for name, key in (("inference", "inference"), ("end to end", "end_to_end")):
+    for name, key in (("end to end", "end_to_end"), ("inference", "inference")):
         if t := report[key]:
             lines.append(f"| {name} | {t['runs']} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['p99_ms']:.2f} "
                          f"| {t['mean_ms']:.2f} | {t['throughput_fps']:.1f} |")
@@ -170,9 +178,17 @@ def bench_markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Memory: peak RSS {memory['peak_rss_mb']:.0f} MB (the session added "
                   f"{memory['session_rss_mb']:.0f} MB)"
               + (f", GPU {memory['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in memory else "") + ".", ""]
-    if not report["end_to_end"]:
-        lines += ["End to end (letterbox + inference + NMS) was skipped: pass --data YAML to time it on real images.",
-                  ""]
+    if report["end_to_end"]:
+        host = [step for step, inside in (("letterbox (OpenCV)", report["takes"] == "frame"),
+                                          ("conversion to the float tensor", report["takes"] != "tensor"),
+                                          ("NMS (numpy)", report["nms_inside"])) if not inside]
+        lines += ["End to end: each image of the dataset decoded once before the timing, at its native size, then "
+                  "the frame to detections in its pixels: " + (f"{', '.join(host)} on the host, the rest inside the "
+                                                               f"artifact" if host else "all inside the artifact")
+                  + ". Inference: the artifact alone on a fixed input.", ""]
+    else:
+        lines += ["End to end (the decoded frame to detections: letterbox, inference, NMS) was skipped: pass --data "
+                  "YAML to time it on real images.", ""]
     lines += [f"Batch 1 after {report['config']['warmup']} warm-up runs; at most {report['config']['runs']} timed "
               f"runs or {report['config']['max_seconds']:.0f} s.", ""]
     return "\n".join(lines)
@@ -185,7 +201,7 @@ def main(argv: list[str]) -> int:
     try:
         with progress.reporting(progress.JsonLines(sys.stderr)):  # read back by measure_isolated
             result = measure(Path(spec["artifact"]), spec["runtime"], spec["imgsz"], BenchConfig(**spec["config"]),
-                             [Path(p) for p in spec["images"]])
+                             [Path(p) for p in spec["images"]], thresholds=Thresholds(**spec["thresholds"]))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +12,36 @@ from edgecompress.errors import UserError
 IMAGE_SUFFIXES = {".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}  # what cv2.imread reads
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where a frame sits in the square input: resized by `gain` to `size` (width, height), then padded by `top`,
+    `bottom`, `left` and `right` pixels."""
+
+    gain: float
+    size: tuple[int, int]
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def geometry(height: int, width: int, imgsz: int) -> Geometry:
+    """Ultralytics' inference LetterBox for a static square input: scale to fit, centre, the same rounding pixel for
+    pixel (the artifacts that letterbox inside compute the same, edgecompress.targets.frame)."""
+    r = min(imgsz / height, imgsz / width)
+    new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
+    dw, dh = (imgsz - new_w) / 2, (imgsz - new_h) / 2
+    return Geometry(r, (new_w, new_h), round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1))
+
+
 def letterbox(image: np.ndarray, imgsz: int) -> np.ndarray:
-    """Ultralytics' inference LetterBox for a static square input: scale to fit, centre, pad with 114."""
+    """The image letterboxed into the square input: scaled to fit (bilinear), centred, padded with 114."""
     import cv2
 
-    h, w = image.shape[:2]
-    r = min(imgsz / h, imgsz / w)
-    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
-    if (new_w, new_h) != (w, h):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    dw, dh = (imgsz - new_w) / 2, (imgsz - new_h) / 2
-    top, bottom = round(dh - 0.1), round(dh + 0.1)  # the same rounding as Ultralytics, pixel for pixel
-    left, right = round(dw - 0.1), round(dw + 0.1)
-    return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    g = geometry(*image.shape[:2], imgsz)
+    if g.size != (image.shape[1], image.shape[0]):
+        image = cv2.resize(image, g.size, interpolation=cv2.INTER_LINEAR)
+    return cv2.copyMakeBorder(image, g.top, g.bottom, g.left, g.right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
 
 
 def to_input(image: np.ndarray, imgsz: int) -> np.ndarray:

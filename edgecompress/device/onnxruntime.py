@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecompress.device.runtime import RUNTIMES, Runtime, Session
+from edgecompress.device.runtime import RUNTIMES, Runtime, Session, frame_of
 
 
 class OnnxRuntime(Runtime):
@@ -21,7 +21,8 @@ class OnnxRuntime(Runtime):
         session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
         first = session.get_inputs()[0]
         shape = tuple(d if isinstance(d, int) else None for d in first.shape)  # named or None axes are dynamic
-        return Session(lambda x: session.run(None, {first.name: x}), shape)
+        return Session(lambda x: session.run(None, {first.name: x}), shape,
+                       frame=frame_of(session.get_modelmeta().custom_metadata_map))
 
 
 RUNTIMES.add("onnxruntime", OnnxRuntime())

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecompress.device.runtime import RUNTIMES, Runtime, Session
+import numpy as np
+import yaml
+
+from edgecompress.device.runtime import RUNTIMES, Runtime, Session, frame_of
 
 
 class OpenVINO(Runtime):
@@ -16,12 +19,19 @@ class OpenVINO(Runtime):
     def _load(self, artifact: Path, threads: int, shared: bool) -> Session:
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(xml_of(artifact)), "CPU", compile_config(threads))
+        xml = xml_of(artifact)
+        compiled = ov.Core().compile_model(str(xml), "CPU", compile_config(threads))
         request = compiled.create_infer_request()
         shape = tuple(d.get_length() if d.is_static else None for d in compiled.inputs[0].get_partial_shape())
         precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16", ...
-        return Session(lambda x: [request.infer({0: x})[o] for o in compiled.outputs], shape,
-                       execution_precision=precision)
+        metadata = xml.parent / "metadata.yaml"  # Ultralytics' (and ours, for an artifact with the frame inside)
+
+        def infer(x: np.ndarray) -> list[np.ndarray]:
+            results = request.infer({0: x})
+            return [results[o] for o in compiled.outputs]
+
+        return Session(infer, shape, execution_precision=precision,
+                       frame=frame_of(yaml.safe_load(metadata.read_text()) if metadata.is_file() else {}))
 
 
 def xml_of(artifact: Path) -> Path:

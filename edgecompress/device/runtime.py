@@ -5,10 +5,12 @@ each imports its own library only when used."""
 from __future__ import annotations
 
 import importlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +30,20 @@ class Session:
     # what float layers execute in, where the runtime chooses it: OpenVINO's CPU plugin runs "FP32" models in
     # bf16 on CPUs with bf16 instructions, which moves both latency and accuracy
     execution_precision: str | None = None
+    # what an artifact with the frame's processing inside does besides the network (its metadata's `frame`, written
+    # by edgecompress.targets.frame: `input` and `imgsz` among others); None for a plain export
+    frame: dict[str, Any] | None = None
+
+    @property
+    def takes(self) -> str:
+        """What the artifact is fed: `frame` (the decoded frame, any size), `letterboxed` (the frame letterboxed,
+        uint8 BGR) or `tensor` (float RGB 0-1 NCHW, letterboxed)."""
+        return self.frame["input"] if self.frame else "tensor"
+
+    @property
+    def imgsz(self) -> int | None:
+        """The square size the network runs at; None where the artifact takes any (a dynamic input)."""
+        return int(self.frame["imgsz"]) if self.frame else self.input_shape[-1]
 
 
 class Runtime(ABC):
@@ -82,6 +98,12 @@ def runtime_of(artifact: Path) -> Runtime:
             return runtime
     endings = ", ".join(f"*{r.suffix}" for r in RUNTIMES.values())
     raise UserError(f"cannot tell the runtime of {artifact}: pass an artifact named {endings}")
+
+
+def frame_of(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """An artifact's `frame` metadata (Session.frame): a dict, or in an ONNX's metadata_props its JSON."""
+    frame = metadata.get("frame")
+    return json.loads(frame) if isinstance(frame, str) else frame
 
 
 def artifact_bytes(path: Path) -> int:

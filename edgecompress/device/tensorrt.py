@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.device.runtime import RUNTIMES, Runtime, Session
+from edgecompress.device.runtime import RUNTIMES, Runtime, Session, frame_of
 from edgecompress.errors import UserError
 
 INSTALL = ("on a Jetson it comes with JetPack (sudo apt install nvidia-jetpack; create the venv with "
@@ -176,7 +176,7 @@ def load_engine(path: Path) -> Session:
         return [buffers[n][1].copy() for n in name_out]
 
     shape = tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name_in))
-    return Session(infer, shape, lambda: cuda.used_mb() - baseline_mb)
+    return Session(infer, shape, lambda: cuda.used_mb() - baseline_mb, frame=frame_of(metadata))
 
 
 RUNTIMES.add("tensorrt", TensorRT())

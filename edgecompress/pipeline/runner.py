@@ -56,6 +56,7 @@ class Run:
             "device": lambda: recipe.device,
             "eval": lambda: to_dict(recipe.eval),
             "bench": lambda: to_dict(recipe.bench),
+            "frame": lambda: to_dict(recipe.frame.thresholds),  # the deployed NMS, timed on the host too
             "host": host_key,  # latency is only reusable on the same kind of machine
             # whether the target's own runtime runs here (a bundle builds its engine where it does)
             "runtime": lambda: RUNTIMES[self.target.runtime].unusable() is None,
@@ -157,11 +158,11 @@ class Runner:
                 stages.append(self._measure(artifact, run))
                 chain.append(artifact)
                 parent = artifact
-        final = self._publish(stage, entry, parent, run)
+        published = self._publish(stage, entry, parent, run)
         notes = [entry.info["reason"]] if "reason" in entry.info else []
         bundle = entry.info if stage.publishes_folder else None
         result = report_mod.build(run.recipe, self.target, run.checkpoint, run.sha256, run.dataset, chain[0].size,
-                                  stages, final, notes, bundle)
+                                  stages, published, notes, bundle)
         report_mod.write(result, self.out)
         return result
 
@@ -190,22 +191,31 @@ class Runner:
         run.measurements[artifact.key] = row
         return row
 
-    def _publish(self, stage: Stage, entry: Entry, last: Artifact, run: Run) -> Path:
-        """Copy the run's deliverable to the top of the output folder, atomically: the last stage's folder where
-        it bundles one (a Jetson's), else the last artifact."""
+    def _publish(self, stage: Stage, entry: Entry, last: Artifact, run: Run) -> list[Path]:
+        """Copy the run's deliverables to the top of the output folder, atomically: the last stage's folder where
+        it bundles one (a Jetson's), else the last artifact, and beside an artifact with the frame's processing
+        inside its network (what Ultralytics' YOLO() loads). The first is the final artifact."""
         from edgecompress.device.runtime import RUNTIMES
 
         stem = f"{run.checkpoint.stem}-{self.target.name}-{last.precision}"
         if stage.publishes_folder:
-            path, dest = entry.folder, self.out / f"{stem}-{stage.name}-bundle"
-        else:  # named with the ending Ultralytics' AutoBackend reads
-            path, dest = last.path, RUNTIMES[last.runtime].artifact_path(self.out, stem)
-        tmp = dest.with_name(f".tmp-{dest.name}")
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        if path.is_dir():
-            shutil.copytree(path, tmp, ignore=shutil.ignore_patterns(DONE))
-            shutil.rmtree(dest, ignore_errors=True)
-        else:
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
-        return dest
+            return [_copy_over(entry.folder, self.out / f"{stem}-{stage.name}-bundle")]
+        runtime = RUNTIMES[last.runtime]  # named with the ending Ultralytics' AutoBackend reads
+        if "frame" not in last.info:
+            return [_copy_over(last.path, runtime.artifact_path(self.out, stem))]
+        suffix = run.recipe.frame.suffix
+        return [_copy_over(last.path, runtime.artifact_path(self.out, f"{stem}{suffix}")),
+                _copy_over(last.sources["network"], runtime.artifact_path(self.out, stem))]
+
+
+def _copy_over(path: Path, dest: Path) -> Path:
+    """Copy a file or folder to `dest` through a temporary name, so that `dest` is never half written."""
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    if path.is_dir():
+        shutil.copytree(path, tmp, ignore=shutil.ignore_patterns(DONE))
+        shutil.rmtree(dest, ignore_errors=True)
+    else:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    return dest

@@ -1,7 +1,8 @@
 """The stages of the flow. Targets arrange them into plans (edgecompress.targets); the runner runs a plan.
 
-load -> [prune -> fine-tune] -> export -> [convert] -> [PTQ | QAT | FP16] -> [bundle]; every model is then evaluated
-and benchmarked (Evaluate, Bench). Heavy libraries are imported inside `run`, so a plan can be built anywhere.
+load -> [prune -> fine-tune] -> export -> [convert] -> [PTQ | QAT | FP16] -> [frame] -> [bundle]; every model is
+then evaluated and benchmarked (Evaluate, Bench). Heavy libraries are imported inside `run`, so a plan can be built
+anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from edgecompress.quantize.config import QuantConfig
     from edgecompress.recipe import Recipe
     from edgecompress.targets.base import Target
+    from edgecompress.targets.frame import FrameConfig
     from edgecompress.targets.tensorrt import JetsonTarget
     from edgecompress.yolo.config import FinetuneConfig
 
@@ -252,8 +254,42 @@ class Bundle(Stage):
                         self.target.runtime, parent.precision, entry.key, parent.size, entry.info, parent.sources)
 
 
+class Frame(ModelStage):
+    """The final network with the frame's processing inside (edgecompress.targets.frame, the recipe's `frame`:
+    where the artifact starts, NMS or not): what a device feeds the frame to. The network stays beside it (the
+    artifact's source "network"): what Ultralytics' YOLO() loads."""
+
+    name = "frame"
+    disk = 0.6  # its artifact and, while it is evaluated, its twin: 0.3 copies each at INT8 on the demo (1.0 at FP32)
+
+    def __init__(self, target: Target, config: FrameConfig) -> None:
+        self.target, self.config = target, config
+
+    def settings(self) -> Any:
+        return self.config
+
+    def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        path = self.target.wrap(parent.path, self.config, folder)
+        return {"artifact": path.name, "frame": self.config.describe(run.recipe.imgsz), "network": parent.name}
+
+    def output(self, parent: Artifact | None, entry: Entry) -> Artifact:
+        return Artifact(f"{parent.name}-{self.config.suffix[1:]}", entry.folder / entry.info["artifact"],
+                        parent.runtime, parent.precision, entry.key, parent.size, entry.info,
+                        {**parent.sources, "network": parent.path})
+
+    def summary(self, info: dict[str, Any]) -> str:
+        frame = info["frame"]
+        return f"takes the {'decoded frame' if frame['input'] == 'frame' else frame['input'] + ' input'}" \
+               + (f", NMS inside (at most {frame['max_det']} detections)" if frame["nms"] else "")
+
+
 class Evaluate(Stage):
-    """Accuracy of one artifact in its own runtime (the run's one evaluation protocol)."""
+    """Accuracy of one artifact in its own runtime (the run's one evaluation protocol).
+
+    Ultralytics' validator cannot feed an artifact with the frame's processing inside (Frame); it is measured as a
+    device runs it (Evaluator.frames, each image decoded and fed, its detections read), in its twin with the eval
+    split's thresholds (the deployed graph with eval.conf and eval.iou, which only the NMS reads), and so is its
+    network, through the device's own letterbox and NMS: the change between the two is what going inside cost."""
 
     facts = ("data", "imgsz", "eval", "device")
 
@@ -263,18 +299,45 @@ class Evaluate(Stage):
     def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
         from edgecompress.yolo.model import load_model
 
+        if "frame" in parent.info:
+            return self.frames(parent, folder, run)
         # A checkpoint goes in loaded by our safe loader: given a path, Ultralytics would unpickle it fully.
         weights = load_model(parent.path, run.trust) if parent.runtime == "torch" else parent.path
         return run.evaluate(weights, folder)
 
+    @staticmethod
+    def frames(artifact: Artifact, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.device.detector import Detector
+        from edgecompress.device.postprocess import Thresholds
+        from edgecompress.device.runtime import RUNTIMES
+
+        recipe = run.recipe
+        thresholds = Thresholds(recipe.eval.conf, recipe.eval.iou, recipe.frame.max_det)
+        twin = run.target.wrap(artifact.sources["network"], recipe.frame.with_thresholds(recipe.eval.conf,
+                                                                                         recipe.eval.iou),
+                               folder / "twin")
+
+        def measured(path: Path) -> dict[str, Any]:
+            detector = Detector(RUNTIMES[artifact.runtime].load(path), recipe.imgsz, thresholds)
+            return run.evaluate.frames(detector, folder)
+
+        accuracy, network = measured(twin), measured(artifact.sources["network"])
+        shutil.rmtree(folder / "twin")
+        return {**accuracy, "network": network,
+                "change_points": round((accuracy["map50_95"] - network["map50_95"]) * 100, 3)}
+
     def summary(self, info: dict[str, Any]) -> str:
-        return f"mAP50-95 {info['map50_95']:.4f} on {info['images']} images"
+        line = f"mAP50-95 {info['map50_95']:.4f} on {info['images']} images"
+        return line + (f" ({info['change_points']:+.2f} points against its network fed by the host)"
+                       if "network" in info else "")
 
 
 class Bench(Stage):
-    """Latency and memory of one artifact, timed in a fresh process (so its peak memory is one session's)."""
+    """Latency and memory of one artifact, timed in a fresh process (so its peak memory is one session's): end to
+    end, the figure that counts (the decoded frame to detections in its pixels, NMS at the deployed thresholds of
+    `frame`), and inference alone."""
 
-    facts = ("imgsz", "bench", "host")
+    facts = ("imgsz", "bench", "host", "frame")
 
     def __init__(self, artifact: Artifact) -> None:
         self.name = f"bench-{artifact.name}"
@@ -285,10 +348,11 @@ class Bench(Stage):
 
         images = run.dataset.images(run.recipe.eval.split)[:BENCH_IMAGES]
         return measure_isolated(parent.path, parent.runtime, run.recipe.imgsz, run.recipe.bench, images, folder,
-                                {TRUST_ENV: "1" if run.trust else "0"})
+                                {TRUST_ENV: "1" if run.trust else "0"}, run.recipe.frame.thresholds)
 
     def summary(self, info: dict[str, Any]) -> str:
-        return f"inference p50 {info['inference']['p50_ms']:.1f} ms, {info['file_mb']:.1f} MB"
+        return (f"end to end p50 {info['end_to_end']['p50_ms']:.1f} ms, inference p50 "
+                f"{info['inference']['p50_ms']:.1f} ms, {info['file_mb']:.1f} MB")
 
 
 def training(recipe: Recipe) -> list[Stage]:
@@ -299,6 +363,11 @@ def training(recipe: Recipe) -> list[Stage]:
         if recipe.finetune.epochs:  # fine-tuning recovers what pruning lost
             stages.append(Finetune(recipe.finetune))
     return stages
+
+
+def frame(target: Target, recipe: Recipe) -> list[Stage]:
+    """The frame stage, where the recipe puts anything inside the artifact."""
+    return [Frame(target, recipe.frame)] if recipe.frame.enabled else []
 
 
 def int8(target: Target, recipe: Recipe) -> list[Stage]:

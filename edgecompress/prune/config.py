@@ -21,7 +21,8 @@ class PruneConfig:
 
     flops: float = 0.0
     ratio: float = 0.0
-    latency: float = 0.0  # fraction of OpenVINO CPU latency to remove (per-layer table, allocation 'global')
+    latency: float = 0.0  # fraction of the network's OpenVINO CPU latency to remove (per-layer table, allocation
+    #                       'global'; the frame's processing around it costs the same whatever is pruned)
     threshold: float = 0.0
     # Taylor scores with per-group ratios from measured sensitivity: the best of the candidates at equal budget
     # (BENCHMARKS.md, "Pruning", candidates at yolov8n-bccd -35% FLOPs)

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 SENSITIVITY_IMAGES = 8  # enough to rank layers by the signal they lose; the ranking only orders the fallback
 # Choosing between candidates that both hold the budget: the candidates take turns at every inference (the one
-# turn-taking timer), so that a shared machine's noise hits both alike.
+# turn-taking timer), so that a shared machine's noise hits both alike. Their networks alone are timed: the frame's
+# processing (edgecompress.targets.frame) is the same for both, so the faster network is the faster end to end.
 CHOICE_TURNS = 60
 # Candidates both within the budget and this close in latency (relative) run alike: the more accurate is kept.
 # With the same placement the two x86 quantizers time within 1% of each other, where this machine's timings move

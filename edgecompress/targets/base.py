@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Literal
 
 from edgecompress.config import require
 from edgecompress.errors import UserError
+from edgecompress.targets.frame import INPUTS
 
 if TYPE_CHECKING:
     import onnx
 
     from edgecompress.pipeline.stage import Stage
     from edgecompress.recipe import Recipe
+    from edgecompress.targets.frame import FrameConfig
 
 PRECISIONS = ("int8", "fp16", "fp32")
 
@@ -54,6 +56,9 @@ class Target:
     channel_multiple: int = 1  # pruning keeps channel counts a multiple of this (prune.round_to)
     imgsz: int = 640  # default square input size of `compress bench` on an artifact with a dynamic shape
     batch: int = 1
+    # where its deployed artifact starts (frame.input: target): `frame`, all inside, where the runtime letterboxes
+    # as fast as OpenCV (edgecompress.targets.frame; BENCHMARKS.md, "The whole frame")
+    frame_input: str = "frame"
 
     def __post_init__(self) -> None:
         from edgecompress.device.runtime import RUNTIMES
@@ -67,6 +72,8 @@ class Target:
         require(self.channel_multiple >= 1 and self.batch >= 1,
                 f"target {self.name}: channel_multiple and batch must be >= 1")
         require(self.imgsz % 32 == 0, f"target {self.name}: imgsz {self.imgsz} is not a multiple of 32")
+        require(self.frame_input in INPUTS, f"target {self.name}: frame_input {self.frame_input!r} is not one of "
+                                            f"{', '.join(INPUTS)}")
 
     # ------------------------------------------------------------------------------------- what a run asks
 
@@ -82,6 +89,8 @@ class Target:
         changes: dict[str, object] = {}
         if recipe.prune.round_to < self.channel_multiple:
             changes["prune.round_to"] = self.channel_multiple
+        if recipe.frame.input == "target":
+            changes["frame.input"] = self.frame_input
         if recipe.quant.mode is None:
             changes["quant.mode"] = "ptq" if self.int8 else "none"
         elif recipe.quant.mode != "none" and self.int8 is None:
@@ -99,10 +108,12 @@ class Target:
         return [*stages.training(recipe), *self.deploy(recipe)]
 
     def deploy(self, recipe: Recipe) -> list[Stage]:
-        """The stages after training: the FP32 export, and INT8 where the recipe asks for it."""
+        """The stages after training: the FP32 export, INT8 where the recipe asks for it, and the final network
+        wrapped with the frame's processing (`frame`) where the recipe puts any inside."""
         from edgecompress.pipeline import stages
 
-        return [stages.Export("onnx", "onnxruntime", "fp32", simplify=True), *stages.int8(self, recipe)]
+        return [stages.Export("onnx", "onnxruntime", "fp32", simplify=True), *stages.int8(self, recipe),
+                *stages.frame(self, recipe)]
 
     # --------------------------------------------------------------------------- what its stages call
 
@@ -124,6 +135,13 @@ class Target:
     def from_qdq(self, qdq: Path, onnx_fp32: Path) -> Path:
         """Its runtime's INT8 artifact made from a QDQ ONNX (beside it), checked against the runtime's rules."""
         return qdq
+
+    def wrap(self, network: Path, config: FrameConfig, folder: Path) -> Path:
+        """Its runtime's artifact of `network` (its FP32 or INT8 artifact) with the frame's processing inside, in
+        `folder`, named as `network` plus the config's suffix."""
+        from edgecompress.targets.frame import wrap_onnx
+
+        return wrap_onnx(network, config, folder / f"{network.stem}{config.suffix}.onnx")
 
     def check_int8(self, model: onnx.ModelProto) -> None:
         """Raise when a QDQ model breaks the runtime's rules (a product error: the quantizer made it)."""

@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class NcnnTarget(Target):
+    """pnnx writes ncnn's own graph, not ONNX: the frame's processing stays on the host (OpenCV letterbox, numpy
+    NMS), so the artifact takes Ultralytics' tensor and gives its raw output."""
+
+    def preset(self, recipe: Recipe) -> Recipe:
+        if recipe.frame.input == "target":
+            recipe = recipe.with_overrides(**{"frame.input": "tensor", "frame.nms": False})
+        return super().preset(recipe)
+
     def deploy(self, recipe: Recipe) -> list[Stage]:
         from edgecompress.pipeline import stages
 
@@ -24,4 +32,5 @@ class NcnnTarget(Target):
 
 
 # NEON registers hold 4 float lanes (as the arm target's).
-NCNN = NcnnTarget("ncnn", "Arm CPU (Raspberry Pi, Android) with ncnn", "ncnn", ("fp16", "fp32"), channel_multiple=4)
+NCNN = NcnnTarget("ncnn", "Arm CPU (Raspberry Pi, Android) with ncnn", "ncnn", ("fp16", "fp32"), channel_multiple=4,
+                  frame_input="tensor")

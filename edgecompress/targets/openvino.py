@@ -12,6 +12,7 @@ from edgecompress.targets.base import Int8Rules, Target
 if TYPE_CHECKING:
     from edgecompress.pipeline.stage import Stage
     from edgecompress.recipe import Recipe
+    from edgecompress.targets.frame import FrameConfig
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,13 @@ class OpenVINOTarget(Target):
 
     def convert(self, onnx_fp32: Path, folder: Path, stem: str) -> Path:
         return to_ir(onnx_fp32, folder / f"{stem}_openvino_model", onnx_fp32.parent / "metadata.yaml")
+
+    def wrap(self, network: Path, config: FrameConfig, folder: Path) -> Path:
+        from edgecompress.device.runtime import RUNTIMES
+        from edgecompress.targets.frame import wrap_openvino
+
+        ending = RUNTIMES[self.runtime].suffix  # an IR folder's, as Ultralytics' AutoBackend reads it
+        return wrap_openvino(network, config, folder / f"{network.name.removesuffix(ending)}{config.suffix}{ending}")
 
     def from_qdq(self, qdq: Path, onnx_fp32: Path) -> Path:
         return to_ir(qdq, qdq.with_name(f"{qdq.stem}_openvino_model"), onnx_fp32.parent / "metadata.yaml")
@@ -53,6 +61,8 @@ def to_ir(onnx_path: Path, dest: Path, metadata_yaml: Path) -> Path:
 # FakeQuantize ops (OpenVINO runs each Q/DQ pair as one: onnxruntime's placement ran 1.25x slower, BENCHMARKS.md).
 # oneDNN blocks channels by 8 (AVX2) or 16 (AVX-512); 16 suits both (BENCHMARKS.md, "Pruning": latency fell with
 # FLOPs about 0.75 times rounded to 16, about 0.5 times unrounded).
+# OpenVINO's Interpolate (the resize of a letterbox inside the graph) ran 10-20x slower than cv2.resize here, so the
+# host letterboxes with OpenCV and the artifact does the rest (BENCHMARKS.md, "The whole frame").
 X86 = OpenVINOTarget("x86", "x86 CPU with OpenVINO", "openvino", ("int8", "fp32"),
                      Int8Rules(("nncf", "qdq"), "uint8", symmetric_activations=False, placement="nncf"),
-                     channel_multiple=16)
+                     channel_multiple=16, frame_input="letterboxed")

@@ -31,11 +31,17 @@ if TYPE_CHECKING:
 
     from edgecompress.pipeline.stage import Artifact, Stage
     from edgecompress.recipe import Recipe
+    from edgecompress.targets.frame import FrameConfig
 
 TIMING_CACHE = "timing.cache"
 TRTEXEC_SCRIPT = "trtexec.sh"
 METADATA = "metadata.json"
 DLA_REPORT = "dla.json"
+FRAME = "frame.json"  # the frame ONNX's name and what it holds (edgecompress.targets.frame), when the bundle has one
+# The optimization profile of an engine that takes the decoded frame (any size): from a tiny frame to 1080p in either
+# orientation, tuned at the network's square size. A larger camera: raise --maxShapes in trtexec.sh (every
+# intermediate of the letterbox is allocated at the largest size).
+FRAME_PROFILE = (32, None, 1920)  # min, opt (None: imgsz), max side
 _NO_ENGINE = "the engine is built on the device: copy this folder there and run trtexec.sh, or " \
              "`python3 -m edgecompress.targets.tensorrt FOLDER --target NAME` for the .engine with metadata"
 # TensorRT explicit quantization accepts only symmetric int8 (zero point 0), per-channel weights, opset >= 13. Q/DQ at
@@ -68,7 +74,8 @@ class JetsonTarget(Target):
         from edgecompress.pipeline import stages
 
         export = stages.Export("onnx", "onnxruntime", "fp32", simplify=True)
-        return [export, *(stages.int8(self, recipe) or [stages.FP16(self)]), stages.Bundle(self)]
+        return [export, *(stages.int8(self, recipe) or [stages.FP16(self)]), *stages.frame(self, recipe),
+                stages.Bundle(self)]
 
     @property
     def int8_runtime(self) -> str:
@@ -88,9 +95,25 @@ class JetsonTarget(Target):
         arithmetic, so the engine's precision is the graph's on every TensorRT."""
         return fp16(qdq, qdq)
 
+    def wrap(self, network: Path, config: FrameConfig, folder: Path) -> Path:
+        import onnx
+
+        from edgecompress.targets import tensorrt_rules
+
+        wrapped = super().wrap(network, config, folder)
+        model = onnx.load(str(wrapped))
+        if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+            tensorrt_rules.check(model)  # its network's Q/DQ as TensorRT needs them, decode float
+        return wrapped
+
     def bundle(self, model: Artifact, folder: Path) -> dict[str, Any]:
+        """The bundle of the model, and of its frame artifact where the run made one (then `model` is it, and its
+        network the model the engines are built from)."""
         metadata = yaml.safe_load((model.sources["onnx"].parent / "metadata.yaml").read_text())
-        return prepare_jetson(model.path, metadata, self, folder)
+        if "network" not in model.sources:
+            return prepare_jetson(model.path, metadata, self, folder)
+        return prepare_jetson(model.sources["network"], metadata, self, folder,
+                              frame=(model.path, model.info["frame"]))
 
 
 def autocast_missing() -> str | None:
@@ -130,10 +153,25 @@ ORIN_NX = _jetson("jetson-orin-nx", "Orin NX (16 GB: 2 DLA cores; the 8 GB modul
 AGX_ORIN = _jetson("jetson-agx-orin", "AGX Orin (2 DLA cores)", dla_cores=2, workspace_mib=4096)
 
 
-def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: JetsonTarget, folder: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Build:
+    """One engine of a bundle: its file stem, the ONNX it is built from, the DLA core (None: the GPU), its header
+    metadata, and the optimization profile of a dynamic input ((name, min, opt, max) shapes) or None."""
+
+    stem: str
+    onnx: str
+    dla: int | None
+    metadata: dict[str, Any]
+    profile: tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+
+
+def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: JetsonTarget, folder: Path,
+                   frame: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Make `folder` the bundle a Jetson needs: the strongly typed ONNX, its Ultralytics metadata, the trtexec
-    command, the DeepStream config (per engine) with labels.txt and the parser's source, the layers DLA cannot run
-    (boards with DLA), and, where TensorRT is usable here, the engines (GPU, plus DLA core 0) in both forms.
+    command, the DeepStream config (per engine of the network) with labels.txt and the parser's source, the layers
+    DLA cannot run (boards with DLA), and, where TensorRT is usable here, the engines (GPU, plus DLA core 0) in both
+    forms. `frame`: the same network with the frame's processing inside (its ONNX and `frame` description), bundled
+    and built beside it (on the GPU: DLA runs neither the letterbox nor NMS).
 
     `metadata` is the dict of the metadata.yaml that export_onnx writes. Returns JSON-ready facts for the report:
     the graph's typing and precision boundaries, DLA fallbacks, the files; "engine" is None, with a "reason", when
@@ -144,41 +182,66 @@ def prepare_jetson(onnx_path: Path, metadata: dict[str, Any], target: JetsonTarg
     from edgecompress.targets.dla import dla_report
 
     folder.mkdir(parents=True, exist_ok=True)
-    onnx_copy = folder / onnx_path.name
-    if onnx_copy.resolve() != onnx_path.resolve():
-        shutil.copyfile(onnx_path, onnx_copy)
+    onnx_copy = _copy(onnx_path, folder)
     (folder / METADATA).write_text(json.dumps(metadata, indent=1))
-    builds = _builds(target)
-    (folder / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_copy.name, builds, target))
+    if frame:
+        (folder / FRAME).write_text(json.dumps({"onnx": _copy(frame[0], folder).name, **frame[1]}, indent=1))
+    builds = bundle_builds(folder, target)
+    (folder / TRTEXEC_SCRIPT).write_text(trtexec_script(builds, target))
     model = onnx.load(str(onnx_copy))
     int8 = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    network = [b for b in builds if b.onnx == onnx_copy.name]  # DeepStream letterboxes and feeds the network itself
     info: dict[str, Any] = {"target": target.name, "onnx": onnx_copy.name, "trtexec": TRTEXEC_SCRIPT,
                             "typing": typed.summary(model, typed.fp32_nodes(model)),
-                            "deepstream": deepstream.write(folder, metadata, builds, int8), "engine": None,
-                            "engines": []}
+                            "deepstream": deepstream.write(folder, metadata, [(b.stem, b.dla) for b in network], int8),
+                            "engine": None, "engines": []}
+    if frame:
+        info["frame_onnx"] = frame[0].name
     if target.dla_cores:
         info["dla"] = {"report": DLA_REPORT, **dla_report(model)}
         (folder / DLA_REPORT).write_text(json.dumps(info["dla"], indent=1))
     if reason := unusable_reason():
         return {**info, "reason": f"{reason}; {_NO_ENGINE}"}
-    info["engines"] = build_engines(folder, onnx_copy, metadata, target)
+    info["engines"] = [build_engine(folder, build, target) for build in builds]
     info["engine"] = info["engines"][0]["engine"]
     return info
 
 
-def build_engines(folder: Path, onnx_path: Path, metadata: dict[str, Any], target: JetsonTarget) -> list[dict]:
-    """Build every engine of the bundle (the GPU, and DLA core 0 on boards with one) with the same settings as its
-    trtexec.sh, sharing one timing cache."""
-    return [build_engine(onnx_path, folder, stem, dla, target, metadata, folder / TIMING_CACHE)
-            for stem, dla in _builds(target)]
+def _copy(onnx_path: Path, folder: Path) -> Path:
+    copy = folder / onnx_path.name
+    if copy.resolve() != onnx_path.resolve():
+        shutil.copyfile(onnx_path, copy)
+    return copy
 
 
-def _builds(target: JetsonTarget) -> list[tuple[str, int | None]]:
-    """(file stem, DLA core) of each engine to build: the GPU, and DLA core 0 where the board has one."""
-    return [("model", None)] + ([("model.dla0", 0)] if target.dla_cores else [])
+def bundle_builds(folder: Path, target: JetsonTarget) -> list[Build]:
+    """The engines of a bundle folder (its ONNX files, metadata.json and frame.json: all a device needs): the
+    network on the GPU, and on DLA core 0 where the board has one; the frame artifact, where there is one, on the
+    GPU."""
+    metadata = json.loads((folder / METADATA).read_text())
+    frame = json.loads((folder / FRAME).read_text()) if (folder / FRAME).is_file() else None
+    networks = [p.name for p in sorted(folder.glob("*.onnx")) if not frame or p.name != frame["onnx"]]
+    if len(networks) != 1:
+        raise UserError(f"{folder} is not a Jetson bundle: {len(networks)} network .onnx files; pass the folder "
+                        f"compress wrote")
+    builds = [Build("model", networks[0], None, metadata)]
+    if target.dla_cores:
+        builds.append(Build("model.dla0", networks[0], 0, {**metadata, "dla": "0"}))  # Ultralytics' DLA key
+    return builds + _frame_build(frame, metadata)
 
 
-def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target: JetsonTarget) -> str:
+def _frame_build(frame: dict[str, Any] | None, metadata: dict[str, Any]) -> list[Build]:
+    if not frame:
+        return []
+    described = {k: v for k, v in frame.items() if k != "onnx"}
+    profile = None
+    if described["input"] == "frame":  # any size: TensorRT builds for a range of them
+        low, opt, high = FRAME_PROFILE
+        opt = opt or described["imgsz"]
+        profile = ("frame", (1, low, low, 3), (1, opt, opt, 3), (1, high, high, 3))
+    return [Build("model_frame", frame["onnx"], None, {**metadata, "end2end": described["nms"], "frame": described},
+                  profile)]
+def trtexec_script(builds: list[Build], target: JetsonTarget) -> str:
     """A shell script with the trtexec command for each engine, the same settings build_engine uses: a strongly
     typed network (--stronglyTyped: needed on TensorRT 10, what 11 always does), no precision flags."""
     lines = [
@@ -195,24 +258,28 @@ def trtexec_script(onnx_name: str, builds: list[tuple[str, int | None]], target:
         '"$TRTEXEC" --help 2>&1 | grep -q -- --stronglyTyped || '
         '{ echo "this trtexec has no --stronglyTyped: TensorRT >= 10 is needed (JetPack 6.1 or later)" >&2; exit 1; }',
     ]
-    for stem, dla in builds:
+    for build in builds:
         flags = ["--stronglyTyped"]
         if target.workspace_mib:
             flags.append(f"--memPoolSize=workspace:{target.workspace_mib}")  # MiB
-        if dla is not None:
+        if build.dla is not None:
             # DLA runs FP16/INT8 4-D layers; the others (dla.json lists them) go back to the GPU
-            flags += [f"--useDLACore={dla}", "--allowGPUFallback"]
-        lines.append(f'"$TRTEXEC" --onnx={onnx_name} --saveEngine={stem}.plan {" ".join(flags)} '
+            flags += [f"--useDLACore={build.dla}", "--allowGPUFallback"]
+        if build.profile:
+            name, *shapes = build.profile
+            flags += [f"--{which}Shapes={name}:{'x'.join(map(str, shape))}"
+                      for which, shape in zip(("min", "opt", "max"), shapes)]
+        lines.append(f'"$TRTEXEC" --onnx={build.onnx} --saveEngine={build.stem}.plan {" ".join(flags)} '
                      f"--timingCacheFile={TIMING_CACHE}")
     return "\n".join(lines) + "\n"
 
 
-def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None, target: JetsonTarget,
-                 metadata: dict[str, Any], timing_cache: Path) -> dict[str, Any]:
-    """Build one engine from the bundle's strongly typed ONNX (each layer in its tensors' types: no precision
-    flags), within the target's workspace, reusing and updating the timing cache."""
+def build_engine(folder: Path, build: Build, target: JetsonTarget) -> dict[str, Any]:
+    """Build one engine of the bundle from its strongly typed ONNX (each layer in its tensors' types: no precision
+    flags), within the target's workspace, reusing and updating the bundle's timing cache."""
     import tensorrt as trt
 
+    onnx_path, stem, dla_core, timing_cache = folder / build.onnx, build.stem, build.dla, folder / TIMING_CACHE
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -224,6 +291,11 @@ def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None,
     config = builder.create_builder_config()
     if target.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
+    if build.profile:
+        name, *shapes = build.profile
+        profile = builder.create_optimization_profile()
+        profile.set_shape(name, *shapes)
+        config.add_optimization_profile(profile)
     if dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
@@ -238,8 +310,7 @@ def build_engine(onnx_path: Path, folder: Path, stem: str, dla_core: int | None,
     timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     plan_bytes = bytes(memoryview(plan))
     (folder / f"{stem}.plan").write_bytes(plan_bytes)
-    header = {**metadata, **({"dla": str(dla_core)} if dla_core is not None else {})}  # Ultralytics' DLA key
-    write_engine(folder / f"{stem}.engine", plan_bytes, header)
+    write_engine(folder / f"{stem}.engine", plan_bytes, build.metadata)
     return {"device": "gpu" if dla_core is None else f"dla{dla_core}", "engine": f"{stem}.engine",
             "plan": f"{stem}.plan", "typing": _typing(trt), "workspace_mib": target.workspace_mib,
             "build_s": round(time.perf_counter() - start, 1), "tensorrt": trt.__version__,
@@ -277,14 +348,11 @@ def main(argv: list[str]) -> int:
         from edgecompress.targets import get_target
 
         target = get_target(args.target)
-        onnx_files = sorted(args.bundle.glob("*.onnx"))
-        meta_file = args.bundle / METADATA
-        if len(onnx_files) != 1 or not meta_file.is_file():  # without metadata the .engine would not load in YOLO()
-            raise UserError(f"{args.bundle} is not a Jetson bundle ({len(onnx_files)} .onnx files, "
-                            f"{'a' if meta_file.is_file() else 'no'} {METADATA}); pass the folder compress wrote")
+        if not (args.bundle / METADATA).is_file():  # without metadata the .engine would not load in YOLO()
+            raise UserError(f"{args.bundle} is not a Jetson bundle (no {METADATA}); pass the folder compress wrote")
         if reason := unusable_reason():
             raise UserError(reason)
-        engines = build_engines(args.bundle, onnx_files[0], json.loads(meta_file.read_text()), target)
+        engines = [build_engine(args.bundle, build, target) for build in bundle_builds(args.bundle, target)]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

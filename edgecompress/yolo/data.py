@@ -20,6 +20,7 @@ from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from ultralytics.data.utils import check_det_dataset, img2label_paths, verify_image_label
 from ultralytics.utils import NUM_THREADS
@@ -70,6 +71,17 @@ class Dataset:
     def images(self, split: str) -> list[Path]:
         """The usable image files of one split, sorted."""
         return [p for p in _split_images(self.info, split) if p not in self.unusable]
+
+    def labels(self, split: str) -> list[tuple[Path, np.ndarray]]:
+        """Each usable image of a split with its labels as Ultralytics' datasets read them: (n, 5) class, x, y, w, h
+        normalized to the image (segments as their boxes, duplicates dropped)."""
+        images = self.images(split)
+        labels = img2label_paths([str(p) for p in images])
+        classes = len(self.names)
+        with ThreadPool(NUM_THREADS) as pool:
+            checked = pool.map(verify_image_label, zip(map(str, images), labels, repeat(""), repeat(False),
+                                                       repeat(classes), repeat(0), repeat(0), repeat(False)))
+        return [(image, result[1]) for image, result in zip(images, checked)]
 
     def unusable_note(self, split: str) -> str:
         """For a message about too few images in a split: " (N more cannot be used: a.jpg, ...)", or ""."""

@@ -10,6 +10,7 @@ import pathlib
 import pickle
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,50 @@ class Evaluator:
             "recall": round(float(stats["metrics/recall(B)"]), 5),
             "images": len(validator.dataloader.dataset),
             "val_speed_ms": {k: round(v, 3) for k, v in validator.speed.items() if k != "loss"},
+        }
+
+
+    def frames(self, detect: Callable[[np.ndarray], np.ndarray], workdir: Path) -> dict[str, Any]:
+        """mAP of a detector fed as a device feeds it: each image of the split decoded from its file, `detect(frame)`
+        giving its detections (N, 6: x1 y1 x2 y2 score class, best first) in the frame's pixels
+        (edgecompress.device.detector), matched to its labels by Ultralytics' own matching and metrics (its
+        validator's match_predictions, DetMetrics), so the figures compare with `__call__`'s. For the artifacts
+        Ultralytics' validator cannot feed: those with the letterbox or NMS inside."""
+        from ultralytics.utils.metrics import DetMetrics, box_iou
+
+        from edgecompress.device.images import read_image
+
+        workdir = Path(workdir).resolve()
+        validator = DetectionValidator(save_dir=workdir / "val", args={"task": "detect", "mode": "val"})
+        metrics = DetMetrics(names=self.dataset.names)
+        labelled = self.dataset.labels(self.split)
+        with progress.task("evaluation", total=len(labelled), unit="image") as images_done:
+            for image, labels in labelled:
+                frame = read_image(image)
+                det = torch.from_numpy(detect(frame)).float()
+                height, width = frame.shape[:2]
+                target_cls = labels[:, 0]
+                target = torch.from_numpy(labels[:, 1:]).float() * torch.tensor([width, height, width, height])
+                if len(det) and len(target_cls):
+                    iou = box_iou(torch.cat([target[:, :2] - target[:, 2:] / 2, target[:, :2] + target[:, 2:] / 2],
+                                            1), det[:, :4])
+                    tp = validator.match_predictions(det[:, 5], torch.from_numpy(target_cls), iou).numpy()
+                else:
+                    tp = np.zeros((len(det), validator.niou), dtype=bool)
+                metrics.update_stats({"tp": tp, "conf": det[:, 4].numpy(), "pred_cls": det[:, 5].numpy(),
+                                      "target_cls": target_cls, "target_img": np.unique(target_cls),
+                                      "im_name": image.name})
+                images_done.advance()
+        metrics.process(save_dir=workdir / "val", plot=False)
+        shutil.rmtree(workdir / "val", ignore_errors=True)
+        stats = metrics.results_dict
+        return {
+            "map50": round(float(stats["metrics/mAP50(B)"]), 5),
+            "map50_95": round(float(stats["metrics/mAP50-95(B)"]), 5),
+            "precision": round(float(stats["metrics/precision(B)"]), 5),
+            "recall": round(float(stats["metrics/recall(B)"]), 5),
+            "images": len(labelled),
+            "protocol": "frames",
         }
 
 
