@@ -127,7 +127,7 @@ def test_each_target_fills_in_its_measured_input() -> None:
 
     chosen = {name: target.preset(Recipe(target=name)).frame.input for name, target in TARGETS.items()}
     assert chosen == {"jetson-orin-nano": "frame", "jetson-orin-nx": "frame", "jetson-agx-orin": "frame",
-                      "x86": "letterboxed", "arm": "frame", "onnx": "frame"}
+                      "x86": "letterboxed", "arm": "frame", "onnx": "frame", "ncnn": "tensor"}
     assert Recipe(target="x86", frame=FrameConfig(input="tensor", nms=False)).frame.enabled is False
 
 
@@ -166,7 +166,7 @@ def test_jetson_bundle_with_the_frame_inside_passes_tensorrt_rules(tmp_path: Pat
     bundle = tmp_path / "bundle"
     assert info["frame_onnx"] == wrapped.name and (bundle / wrapped.name).is_file()
     assert json.loads((bundle / "frame.json").read_text())["input"] == "frame"
-    commands = [li for li in (bundle / "trtexec.sh").read_text().splitlines() if li.startswith('"$TRTEXEC"')]
+    commands = [li for li in (bundle / "trtexec.sh").read_text().splitlines() if li.startswith('"$TRTEXEC" --onnx=')]
     assert len(commands) == 3  # the network on the GPU and on DLA core 0, the frame artifact on the GPU
     frame_command = next(c for c in commands if f"--onnx={wrapped.name}" in c)
     assert "--saveEngine=model_frame.plan" in frame_command and "--useDLACore" not in frame_command

@@ -47,7 +47,9 @@ def stage(report: dict, name: str) -> dict:
 
 def test_fp16_run_reports_the_strongly_typed_graph_against_fp32(fp16_run: Path) -> None:
     report = json.loads((fp16_run / "report.json").read_text())
-    assert [s["name"] for s in report["stages"]] == ["baseline", "onnx-fp32", "tensorrt-fp16"]
+    # the FP16 network, then the same with the frame's processing inside (the bundle holds both)
+    assert [s["name"] for s in report["stages"]] == ["baseline", "onnx-fp32", "tensorrt-fp16", "tensorrt-fp16-frame"]
+    assert report["bundle"]["frame_onnx"]
     fp32, fp16 = stage(report, "onnx-fp32"), stage(report, "tensorrt-fp16")
     assert (fp16["runtime"], fp16["precision"]) == ("onnxruntime", "fp16")
     # the FP16 graph in onnxruntime (the engine's accuracy proxy) within 0.1 mAP50-95 point of FP32
