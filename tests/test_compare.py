@@ -11,7 +11,8 @@ import pytest
 from edgecompress.cli import main
 from edgecompress.pipeline.merge import ACCURACY_PLOT, STAGES_PLOT, rows
 
-FAST = "imgsz: 64\nbench: {warmup: 1, runs: 3, max_seconds: 5}\n"
+# merging reads whatever stages a run made: one quantizer and one calibration method keep the runs short
+FAST = "imgsz: 64\nbench: {warmup: 1, runs: 3, max_seconds: 5}\nquant: {quantizer: qdq, method: minmax}\n"
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ THIRD_PARTY = ("Ultralytics", "WARNING", "UserWarning", "TracerWarning", "Deprec
 @pytest.fixture
 def recipe(fast_recipe) -> Path:
     # the demo as a user runs it, smaller: every stage of a PTQ run, and its warnings (a small calibration set)
-    return fast_recipe(quant={"calibration_images": 24})
+    return fast_recipe(quant={"calibration_images": 24, "method": "minmax"})
 
 
 def command(recipe: Path, out: Path, *extra: str) -> list[str]:

@@ -114,16 +114,21 @@ def test_second_run_reuses_every_stage(x86_run, capsys) -> None:
 
 
 def test_gates_fail_with_exit_status_1(x86_run, capsys) -> None:
+    """Gates set in the recipe are judged on the finished stages: nothing is rebuilt, a failed one exits 1."""
     out, _, _ = x86_run
-    recipe = out.parent / "recipe.yaml"
-    code = main(["--target", "x86", "--recipe", str(recipe), "--out", str(out), "--max-latency-ms", "0.001",
-                 "--max-map-drop", "50"])
+    recipe = out.parent / "gated.yaml"
+    recipe.write_text((out.parent / "recipe.yaml").read_text() + "gates: {max_map_drop: 50, max_latency_ms: 0.001}\n")
+    code = main(["--target", "x86", "--recipe", str(recipe), "--out", str(out)])
     assert code == 1
-    assert "gate failed: max_latency_ms" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "gate failed: max_latency_ms" in err and "done in" not in err
     report = json.loads((out / "report.json").read_text())
-    # --max-map-drop also holds INT8 to its FP32 model in the same runtime (the fallback's budget)
-    assert [(g["gate"], g["passed"]) for g in report["gates"]] == [("max_map_drop", True), ("int8_map_drop", True),
+    int8 = report["stages"][3]["info"]
+    # with gates set, INT8 is also held to its FP32 model in the same runtime, within the quant stage's budget
+    assert [(g["gate"], g["passed"]) for g in report["gates"]] == [("max_map_drop", True),
+                                                                  ("int8_map_drop", int8["within_budget"]),
                                                                   ("max_latency_ms", False)]
+    assert report["gates"][1]["limit"] == int8["budget_points"] == 1.0
     assert "**A gate FAILED**" in (out / "report.md").read_text().splitlines()[2]
     assert "(limit 0.001): FAIL" in (out / "report.md").read_text()
 

@@ -148,7 +148,7 @@ def test_yolo26_prunes_fine_tunes_saves_loads_and_exports(demo, tmp_path):
 
     model = DetectionModel("yolo26n.yaml", nc=1, verbose=False).eval()  # end-to-end head, built without downloads
     model.names = {0: "raccoon"}
-    pruned, _ = prune(model, PruneConfig(flops=0.3), evaluator(demo[1], 64), tmp_path / "prune")
+    pruned, _ = prune(model, PruneConfig(flops=0.3, sensitivity_images=2), evaluator(demo[1], 64), tmp_path / "prune")
     tuned, _ = finetune(pruned, QUICK, evaluator(demo[1], 64), tmp_path / "ft")
     assert widths(tuned) == widths(pruned)
     path = yolo.save_checkpoint(tuned, tmp_path / "yolo26-pruned.pt")

@@ -32,7 +32,7 @@ def compress(recipe: Path, out: Path) -> subprocess.Popen:
 
 
 def test_killed_after_every_stage_resumes_to_the_same_report(tmp_path: Path, fast_recipe) -> None:
-    recipe, out = fast_recipe(quant={"mode": "none"}), tmp_path / "out"
+    recipe, out = fast_recipe(imgsz=64, quant={"mode": "none"}), tmp_path / "out"
     kills = 0
     while True:
         before = finished(out)
