@@ -125,9 +125,8 @@ def plot(stages: list[dict[str, Any]], path: Path) -> None:
     maps = [s["accuracy"]["map50_95"] for s in stages]
     middle, half = (max(maps) + min(maps)) / 2, max((max(maps) - min(maps)) * 0.75, 0.01)
     ax.set_ylim(middle - half, middle + half)  # at least +-1 point: rounding noise must not look like a cliff
-    ax.set_xlabel("end-to-end latency p50 (ms, batch 1: the decoded frame to detections)")
-    ax.set_ylabel("mAP50-95")
-    ax.set_title("accuracy against latency, per stage")
+    ax.set(xlabel="end-to-end latency p50 (ms, batch 1: the decoded frame to detections)", ylabel="mAP50-95",
+           title="accuracy against latency, per stage")
     ax.grid(alpha=0.3)
     ax.margins(x=0.25)
     save(fig, path, dpi=110)
@@ -209,9 +208,8 @@ def plot_finetune(stages: list[dict[str, Any]], path: Path) -> bool:
     ax.axhline(stages[0]["accuracy"]["map50_95"], color="gray", linestyle="--",
                label="the unpruned checkpoint (report's protocol)")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val mAP50-95 (the trainer's validation)")
-    ax.set_title("fine-tuning: validation accuracy per epoch")
+    ax.set(xlabel="epoch", ylabel="val mAP50-95 (the trainer's validation)",
+           title="fine-tuning: validation accuracy per epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, path, dpi=110)
