@@ -76,7 +76,8 @@ def run(name: str, out: Path, targets: list[str], quantizers: list[str], pruned:
     def pipeline(key: str, checkpoint: Path, target: str, fp32_key: str, **quant: object) -> None:
         report = compress(checkpoint, data, target=target, out=folder / f"run-{checkpoint.stem}",
                           quant={"max_map_drop": BUDGETS[target], **quant}, bench=QUICK_BENCH)
-        fp32, int8 = report.stages[-2], report.stages[-1]
+        # the networks fed Ultralytics' tensor (the artifact with the frame inside follows them): FP32, then INT8
+        fp32, int8 = [s for s in report.stages if s["benchmark"]["takes"] == "tensor"][-2:]
         if fp32_key not in rows:
             record(fp32_key, {"runtime": fp32["runtime"], "artifact": fp32["artifact"],
                               "map50_95": fp32["accuracy"]["map50_95"]})
