@@ -63,16 +63,22 @@ class Prune(_Train):
     name = output_name = "prune"
     disk = 1.0  # the pruned checkpoint
 
-    def __init__(self, config: PruneConfig) -> None:
-        self.config = config
+    def __init__(self, config: PruneConfig, runtime: str) -> None:
+        self.config, self.runtime = config, runtime
+        if config.latency:  # measured in the target's runtime, on this kind of machine
+            self.facts = (*_Train.facts, "host")
 
     def settings(self) -> Any:
+        if self.config.latency:
+            from edgecompress.config import to_dict
+
+            return {**to_dict(self.config), "runtime": self.runtime}
         return self.config
 
     def train(self, model: Any, workdir: Path, run: Run) -> tuple[Any, dict[str, Any]]:
         from edgecompress.prune.pruner import prune
 
-        return prune(model, self.config, run.evaluate, workdir)
+        return prune(model, self.config, run.evaluate, workdir, self.runtime)
 
     def summary(self, info: dict[str, Any]) -> str:
         return (f"{info['flops_removed']:.1%} of the FLOPs removed ({info['before']['gflops']:.2f} -> "
@@ -355,11 +361,12 @@ class Bench(Stage):
                 f"{info['inference']['p50_ms']:.1f} ms, {info['file_mb']:.1f} MB")
 
 
-def training(recipe: Recipe) -> list[Stage]:
-    """The stages every plan starts with: load, then prune and fine-tune when the recipe prunes."""
+def training(recipe: Recipe, target: Target) -> list[Stage]:
+    """The stages every plan starts with: load, then prune and fine-tune when the recipe prunes (a latency target
+    is measured in the target's runtime)."""
     stages: list[Stage] = [Load()]
     if recipe.prune.enabled:
-        stages.append(Prune(recipe.prune))
+        stages.append(Prune(recipe.prune, target.runtime))
         if recipe.finetune.epochs:  # fine-tuning recovers what pruning lost
             stages.append(Finetune(recipe.finetune))
     return stages
