@@ -249,7 +249,7 @@ def plot_costs(found: dict[str, Cost], unit: str, proxy: bool, path: Path) -> No
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xticks(x, [n.removeprefix("model.") for n in names], rotation=90, fontsize=6)
     ax.set_ylabel(f"{unit} saved at {int(PROBE * 100)}% channels")
-    what = "FLOPs proxy (runtime not run here)" if proxy else "whole model, interleaved with the unpruned one"
-    ax.set_title(f"Latency saved per channel group: {what}")
+    what = "FLOPs proxy: the runtime does not run here" if proxy else "whole model, taking turns with the unpruned one"
+    ax.set_title(f"Latency saved per channel group\n({what})", fontsize=9)
     ax.legend(fontsize=7)
     save(fig, path)
