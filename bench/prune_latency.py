@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from edgecompress.prune.config import PruneConfig
 from edgecompress.prune.graph import enable_grads
 from edgecompress.prune.pruner import prune, prune_step
 from edgecompress.prune.sensitivity import sensitivity, sensitivity_weights
-from edgecompress.yolo.blocks import fold_blocks, split_blocks
+from edgecompress.yolo.blocks import fold_blocks
 from edgecompress.yolo.config import FinetuneConfig
 from edgecompress.yolo.train import finetune
 
@@ -98,6 +100,32 @@ def tuned(name: str, seed: int, epochs: int, imgsz: int, folder: Path) -> dict:
     return {"map50_95_pruned": before["map50_95"], "map50_95": after["map50_95"], "map50": after["map50"]}
 
 
+def timing(name: str, imgsz: int, turns: int, checkpoints: dict[str, Path]) -> dict:
+    """The unpruned model and each route's fine-tuned one, OpenVINO FP32, taking turns."""
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"unpruned": model_path(name), **checkpoints}
+        artifacts = {k: (latency.export(yolo.load_model(v), imgsz, Path(tmp) / f"{k}.onnx"), "openvino")
+                     for k, v in models.items()}
+        return time_interleaved(artifacts, turns, imgsz)
+
+
+def bench_model(name: str, args: argparse.Namespace, seeds: list[int]) -> dict:
+    root = args.out / f"{name}-{args.imgsz}-L{args.latency}"
+    lat = cached(root / "latency" / "prune.json", partial(latency_route, name, args.latency, args.imgsz,
+                                                          root / "latency"))
+    flo = cached(root / "flops" / "prune.json", partial(flops_route, name, lat["removed"], lat["flops_removed"],
+                                                        args.imgsz, args.turns, root / "flops"))
+    rows: dict[str, Any] = {"latency": {"prune": lat}, "flops": {"prune": flo}}
+    for route in ("latency", "flops"):
+        for seed in seeds:
+            rows[route][f"seed{seed}"] = cached(root / route / f"tuned{seed}.json",
+                                                partial(tuned, name, seed, args.epochs, args.imgsz, root / route))
+    rows["timing_openvino_fp32"] = cached(root / "timing.json", partial(
+        timing, name, args.imgsz, args.final_turns,
+        {route: root / route / f"tuned{seeds[0]}.pt" for route in ("latency", "flops")}))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="yolov8n-bccd,yolo11n-bccd")
@@ -112,31 +140,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     summary = {}
     for name in args.models.split(","):
-        root = args.out / f"{name}-{args.imgsz}-L{args.latency}"
-        lat = cached(root / "latency" / "prune.json", lambda: latency_route(name, args.latency, args.imgsz,
-                                                                            root / "latency"))
-        flo = cached(root / "flops" / "prune.json", lambda: flops_route(name, lat["removed"], lat["flops_removed"],
-                                                                        args.imgsz, args.turns, root / "flops"))
-        rows = {"latency": {"prune": lat}, "flops": {"prune": flo}}
-        for route in rows:
-            for seed in seeds:
-                rows[route][f"seed{seed}"] = cached(root / route / f"tuned{seed}.json",
-                                                    lambda: tuned(name, seed, args.epochs, args.imgsz, root / route))
-
-        def timing() -> dict:
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                artifacts = {"unpruned": (latency.export(yolo.load_model(model_path(name)), args.imgsz,
-                                                         Path(tmp) / "unpruned.onnx"), "openvino")}
-                for route in rows:
-                    artifacts[route] = (latency.export(yolo.load_model(root / route / f"tuned{seeds[0]}.pt"),
-                                                       args.imgsz, Path(tmp) / f"{route}.onnx"), "openvino")
-                return time_interleaved(artifacts, args.final_turns, args.imgsz)
-
-        rows["timing_openvino_fp32"] = cached(root / "timing.json", timing)
-        summary[name] = rows
-        print(json.dumps({name: rows}, indent=1))
+        summary[name] = bench_model(name, args, seeds)
+        print(json.dumps({name: summary[name]}, indent=1), flush=True)
     (args.out / f"summary-{args.imgsz}-L{args.latency}.json").write_text(json.dumps(summary, indent=1))
 
 

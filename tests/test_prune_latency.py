@@ -69,7 +69,7 @@ def test_noisy_savings_are_shrunk_toward_flops_and_clear_ones_kept():
 
 def test_latency_target_is_reached_in_a_timed_run(demo, tmp_path, cache):
     config = PruneConfig(latency=0.3, round_to=8, criterion="l2", sensitivity_images=2, latency_turns=40)
-    pruned, info = prune(tiny(), config, evaluator(demo[1], IMGSZ), tmp_path)
+    _, info = prune(tiny(), config, evaluator(demo[1], IMGSZ), tmp_path)
     lat = info["latency"]
     assert lat["runtime"] == "openvino" and 1 <= len(lat["tries"]) <= 4 and (tmp_path / "latency.png").is_file()
     best = min(abs(t["error"]) for t in lat["tries"])

@@ -101,7 +101,7 @@ class Planner:
         multiple = self.config.round_to
         if multiple == 1:
             return max(1, keep)
-        return min(total, max(multiple, int(round(keep / multiple)) * multiple))
+        return min(total, max(multiple, round(keep / multiple) * multiple))
 
     def apply(self, knob: float, dry_run: bool = False) -> DetectionModel:
         """Prune (a copy, for dry runs) at this knob value; returns the pruned model."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,9 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
 from edgecompress import progress
+from edgecompress.prune import latency
 from edgecompress.prune.allocation import ALLOCATIONS
 from edgecompress.prune.config import PruneConfig
-from edgecompress.prune import latency
 from edgecompress.prune.depth import remove_blocks
 from edgecompress.prune.graph import enable_grads, flat_tensors, protected_layers, traceable
 from edgecompress.prune.planner import Planner
