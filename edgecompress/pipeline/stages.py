@@ -63,8 +63,9 @@ class Prune(_Train):
     name = output_name = "prune"
     disk = 1.0  # the pruned checkpoint
 
-    def __init__(self, config: PruneConfig, runtime: str) -> None:
-        self.config, self.runtime = config, runtime
+    def __init__(self, config: PruneConfig, target_runtime: str) -> None:
+        # `runtime` is what runs this stage's artifact (torch); a latency target is measured in the target's
+        self.config, self.target_runtime = config, target_runtime
         if config.latency:  # measured in the target's runtime, on this kind of machine
             self.facts = (*_Train.facts, "host")
 
@@ -72,13 +73,13 @@ class Prune(_Train):
         if self.config.latency:
             from edgecompress.config import to_dict
 
-            return {**to_dict(self.config), "runtime": self.runtime}
+            return {**to_dict(self.config), "runtime": self.target_runtime}
         return self.config
 
     def train(self, model: Any, workdir: Path, run: Run) -> tuple[Any, dict[str, Any]]:
         from edgecompress.prune.pruner import prune
 
-        return prune(model, self.config, run.evaluate, workdir, self.runtime)
+        return prune(model, self.config, run.evaluate, workdir, self.target_runtime)
 
     def summary(self, info: dict[str, Any]) -> str:
         return (f"{info['flops_removed']:.1%} of the FLOPs removed ({info['before']['gflops']:.2f} -> "
