@@ -150,9 +150,8 @@ def stage_details(stage: dict[str, Any], out: Path) -> list[str]:
                  f"{info['config']['criterion']} scores, {info['config']['allocation']} allocation)"
                  + (f"; {info['stopped_early']}" if info.get("stopped_early") else "")]
         if lat := info.get("latency"):
-            last = lat["tries"][-1]
             lines += [f"- latency target: -{lat['target_removed']:.0%} of {lat['unpruned']:.2f} {lat['unit']} "
-                      f"({lat['runtime']}), measured -{last['removed']:.1%} after {len(lat['tries'])} tries "
+                      f"({lat['runtime']}), measured -{lat['removed']:.1%} (the closest of {len(lat['tries'])} tries) "
                       + ("(within" if lat["reached"] else "(NOT within") + f" {lat['tolerance']:.0%})"
                       + (f"; {lat['note']}" if "note" in lat else "")]
         for key, what in (("sensitivity", "pruning sensitivity per group"), ("latency", "latency saved per group")):

@@ -82,8 +82,12 @@ class Prune(_Train):
         return prune(model, self.config, run.evaluate, workdir, self.target_runtime)
 
     def summary(self, info: dict[str, Any]) -> str:
-        return (f"{info['flops_removed']:.1%} of the FLOPs removed ({info['before']['gflops']:.2f} -> "
-                f"{info['after']['gflops']:.2f} GFLOPs)")
+        flops = (f"{info['flops_removed']:.1%} of the FLOPs removed ({info['before']['gflops']:.2f} -> "
+                 f"{info['after']['gflops']:.2f} GFLOPs)")
+        if not (lat := info.get("latency")):
+            return flops
+        return (f"{flops}; {lat['removed']:.1%} of the {lat['runtime']} latency (target {lat['target_removed']:.0%}"
+                + ("" if lat["reached"] else ", NOT reached") + ")" + (" by the FLOPs proxy" if "note" in lat else ""))
 
 
 class Finetune(_Train):

@@ -157,7 +157,7 @@ def latency_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator
                           "removed": round(removed, 4), "error": round(error, 4)})
             bar.advance(removed=round(removed, 3), error=round(error, 3))
             if best is None or abs(error) < abs(best[1]):
-                best = (knob, error)
+                best = (knob, error, removed)
             if abs(error) <= config.latency_tolerance:
                 break
             amount = min(0.95, amount * config.latency / max(removed, 0.01))
@@ -165,6 +165,7 @@ def latency_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator
     info["latency"] = {
         "unit": meter.unit, **meter.identity(), "unpruned": round(base, 4), "target_removed": config.latency,
         "tolerance": config.latency_tolerance, "reached": abs(best[1]) <= config.latency_tolerance,
+        "removed": round(best[2], 4),  # measured, of the try kept (the closest to the target)
         "tries": tries, "plot": "latency.png", "costs": {name: asdict(c) for name, c in costs.items()},
         **({"note": f"{runtime} does not run here: each group's cost is the FLOPs it saves at the target's channel "
                     f"multiple ({config.round_to}), a proxy for its latency"} if meter.proxy else {})}
