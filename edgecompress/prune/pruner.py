@@ -130,7 +130,8 @@ def latency_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator
     """Prune to remove `config.latency` of the model's latency in `runtime`: each group's cost measured in the
     whole model (latency.costs), ratios weighted by latency saved per mAP point lost (sensitivity_weights), the
     amount searched on the costs' linear prediction, then the pruned model timed against the unpruned one and the
-    amount rescaled by target / measured, up to LATENCY_TRIES times; the try closest to the target is kept."""
+    predicted amount rescaled by target / measured, up to LATENCY_TRIES times; the try closest to the target is
+    kept."""
     imgsz = evaluate.imgsz
     enable_grads(model)
     split_blocks(model)
@@ -160,7 +161,9 @@ def latency_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator
                 best = (knob, error, removed)
             if abs(error) <= config.latency_tolerance:
                 break
-            amount = min(0.95, amount * config.latency / max(removed, 0.01))
+            # the costs' prediction, scaled by what it missed at this knob (the search can stop short of `amount`
+            # where the prediction never reaches it, so the scale is taken at what it predicted, not at the request)
+            amount = min(0.95, max(1 - predicted(knob) / base, 0.01) * config.latency / max(removed, 0.01))
     pruned, info = _applied(plan, best[0], imgsz)
     info["latency"] = {
         "unit": meter.unit, **meter.identity(), "unpruned": round(base, 4), "target_removed": config.latency,
