@@ -30,7 +30,7 @@ import edgecompress.yolo.model as yolo
 from edgecompress.prune import latency
 from edgecompress.prune.config import PruneConfig
 from edgecompress.prune.graph import enable_grads
-from edgecompress.prune.pruner import prune, prune_step
+from edgecompress.prune.pruner import next_amount, prune, prune_step
 from edgecompress.prune.sensitivity import sensitivity, sensitivity_weights
 from edgecompress.yolo.blocks import fold_blocks
 from edgecompress.yolo.config import FinetuneConfig
@@ -83,7 +83,7 @@ def flops_route(name: str, target_removed: float, start: float, imgsz: int, turn
             best = (pruned, removed, amount)
         if abs((1 - removed) / (1 - target_removed) - 1) <= 0.02:
             break
-        amount = min(0.9, amount * target_removed / max(removed, 0.01))
+        amount = min(0.9, next_amount([(t["flops"], t["removed"]) for t in tries], target_removed))
     yolo.save_checkpoint(best[0].eval(), folder / "pruned.pt", half=False)
     return {"removed": best[1], "flops": best[2], "tries": tries, "gflops": yolo.describe(best[0], imgsz)["gflops"],
             "seconds": round(time.time() - t)}

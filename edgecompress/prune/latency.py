@@ -197,11 +197,13 @@ def costs(plan: Any, meter_: Meter, multiple: int) -> tuple[float, dict[str, Cos
     path = cache_dir() / f"{cache_key(plan.model, meter_, multiple)}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {"unit": meter_.unit, "groups": {}, "bases": []}
     todo = [roots for roots in plan.units() if plan.names[roots[0]] not in stored["groups"]]
+    frozen = {g.root for g in plan.groups if g.tie and g.tie in plan.frozen_ties}  # its block's other half stays (C2PSA)
     if todo:
         base_flops = get_flops(plan.model, meter_.imgsz)
         with progress.task("latency costs", total=len(todo), unit="group") as bar:
             for roots in todo:
-                n = {r: r.out_channels - plan.round_keep(r.out_channels - int(PROBE * r.out_channels), r.out_channels)
+                n = {r: 0 if r in frozen else
+                     r.out_channels - plan.round_keep(r.out_channels - int(PROBE * r.out_channels), r.out_channels)
                      for r in roots}
                 c, flops = Comparison(0.0, 0.0), 0.0
                 if any(n.values()):  # a group already at one multiple cannot be cut: it saves nothing

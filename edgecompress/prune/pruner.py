@@ -51,6 +51,7 @@ SPARSE_TRAINING = {"schedule": "recover", "optimizer": "AdamW", "lr0": 1e-4, "lr
 
 
 LATENCY_TRIES = 4  # timings of the pruned model, each correcting the amount, for a latency target
+KNOBS = [i / 200 for i in range(199)]  # the allocation knob values a latency target is searched among
 
 
 def prune(model: DetectionModel, config: PruneConfig, evaluate: Evaluator, workdir: Path,
@@ -130,8 +131,8 @@ def latency_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator
     """Prune to remove `config.latency` of the model's latency in `runtime`: each group's cost measured in the
     whole model (latency.costs), ratios weighted by latency saved per mAP point lost (sensitivity_weights), the
     amount searched on the costs' linear prediction, then the pruned model timed against the unpruned one and the
-    predicted amount rescaled by target / measured, up to LATENCY_TRIES times; the try closest to the target is
-    kept."""
+    predicted amount corrected by what was measured (next_amount), up to LATENCY_TRIES times; the try closest to
+    the target is kept."""
     imgsz = evaluate.imgsz
     enable_grads(model)
     split_blocks(model)
@@ -146,10 +147,12 @@ def latency_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator
         counts = plan.counts(knob)
         return base - sum(c.cost * counts[root] / c.channels for root, c in per_channel.items() if c.channels)
 
-    amount, tries, best = config.latency, [], None
+    amount, tries, points, best = config.latency, [], [], None
     with progress.task("latency correction", total=LATENCY_TRIES, unit="try") as bar:
         for _ in range(LATENCY_TRIES):
-            knob = _search(predicted, base * (1 - amount), config.flops_tolerance * base)
+            # the prediction is a step function of the knob (channel multiples) and costs no pruning to evaluate:
+            # the closest point of a fine grid, where a root-finder would stop on the far side of a step
+            knob = min(KNOBS, key=lambda k: abs(predicted(k) - base * (1 - amount)))
             timing = meter.compare(plan.apply(knob, dry_run=True))
             removed = timing.saved / timing.base
             error = (1 - removed) / (1 - config.latency) - 1  # the measured latency against the target's
@@ -161,9 +164,10 @@ def latency_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator
                 best = (knob, error, removed)
             if abs(error) <= config.latency_tolerance:
                 break
-            # the costs' prediction, scaled by what it missed at this knob (the search can stop short of `amount`
-            # where the prediction never reaches it, so the scale is taken at what it predicted, not at the request)
-            amount = min(0.95, max(1 - predicted(knob) / base, 0.01) * config.latency / max(removed, 0.01))
+            # what the costs predicted at this knob (the search stops short of `amount` where the prediction never
+            # reaches it), against what was measured
+            points.append((1 - predicted(knob) / base, removed))
+            amount = next_amount(points, config.latency)
     pruned, info = _applied(plan, best[0], imgsz)
     info["latency"] = {
         "unit": meter.unit, **meter.identity(), "unpruned": round(base, 4), "target_removed": config.latency,
@@ -173,6 +177,19 @@ def latency_step(model: DetectionModel, config: PruneConfig, evaluate: Evaluator
         **({"note": f"{runtime} does not run here: each group's cost is the FLOPs it saves at the target's channel "
                     f"multiple ({config.round_to}), a proxy for its latency"} if meter.proxy else {})}
     return pruned, info
+
+
+def next_amount(tries: list[tuple[float, float]], target: float) -> float:
+    """The amount to ask for next, from the tries so far as (amount asked or predicted, fraction measured): between
+    the two closest tries on either side of the target, interpolated; else the last one's scaled by target over
+    measured. A correction from the last try alone swings back and forth where latency moves in steps."""
+    below, above = [t for t in tries if t[1] < target], [t for t in tries if t[1] >= target]
+    if below and above:
+        (a0, m0), (a1, m1) = max(below, key=lambda t: t[1]), min(above, key=lambda t: t[1])
+        if m1 > m0:
+            return a0 + (target - m0) * (a1 - a0) / (m1 - m0)
+    amount, measured = tries[-1]
+    return min(0.95, max(amount, 0.01) * target / max(measured, 0.01))
 
 
 def _applied(plan: Planner, knob: float, imgsz: int) -> tuple[DetectionModel, dict]:
