@@ -100,6 +100,11 @@ def tuned(name: str, seed: int, epochs: int, imgsz: int, folder: Path) -> dict:
     return {"map50_95_pruned": before["map50_95"], "map50_95": after["map50_95"], "map50": after["map50"]}
 
 
+def unpruned(name: str, imgsz: int, folder: Path) -> dict:
+    metrics = evaluator(data_path(name), imgsz)(yolo.load_model(model_path(name)), folder / "eval_unpruned")
+    return {"map50_95": metrics["map50_95"], "map50": metrics["map50"]}
+
+
 def timing(name: str, imgsz: int, turns: int, checkpoints: dict[str, Path]) -> dict:
     """The unpruned model and each route's fine-tuned one, OpenVINO FP32, taking turns."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +120,8 @@ def bench_model(name: str, args: argparse.Namespace, seeds: list[int]) -> dict:
                                                           root / "latency"))
     flo = cached(root / "flops" / "prune.json", partial(flops_route, name, lat["removed"], lat["flops_removed"],
                                                         args.imgsz, args.turns, root / "flops"))
-    rows: dict[str, Any] = {"latency": {"prune": lat}, "flops": {"prune": flo}}
+    rows: dict[str, Any] = {"unpruned": cached(root / "unpruned.json", partial(unpruned, name, args.imgsz, root)),
+                            "latency": {"prune": lat}, "flops": {"prune": flo}}
     for route in ("latency", "flops"):
         for seed in seeds:
             rows[route][f"seed{seed}"] = cached(root / route / f"tuned{seed}.json",
