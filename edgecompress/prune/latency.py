@@ -1,7 +1,7 @@
 """In-context latency costs: what cutting each channel group saves in the whole model, in the target runtime.
 
 A convolution timed alone costs nothing like what it costs inside a runtime's fused graph (BENCHMARKS.md,
-"Pruning": a per-layer table predicted -30% and delivered -4.7%), so each group is cut alone, at `PROBE` of its
+"Pruning": the per-layer table this replaces did not deliver), so each group is cut alone, at `PROBE` of its
 channels rounded to the target's channel multiple, the whole model exported and timed in the target's runtime,
 taking turns with the unpruned model in one process (device.timing.interleaved). One probe is noisy (a few
 percent of a small saving), so each group's measured saving is shrunk toward its FLOPs-proportional prediction by
@@ -79,7 +79,7 @@ METERS: Registry[type[Meter]] = Registry("latency meter")  # by the target's run
 class RuntimeMeter(Meter):
     """The whole model exported to ONNX (Conv+BN fused, split blocks folded, as deployed) and run by the runtime
     on the CPU, taking turns with the unpruned model. Both are loaded afresh for every comparison: a session that
-    has run before ran up to 6% faster than a new one of the same model here."""
+    has run before runs faster than a new one of the same model (BENCHMARKS.md, "Latency-aware pruning")."""
 
     def __init__(self, runtime: str, base: DetectionModel, imgsz: int, folder: Path, turns: int) -> None:
         super().__init__(runtime, base, imgsz, folder, turns)
