@@ -97,8 +97,9 @@ RECIPES = {
                                        PEER_FINETUNE),
     "ec-global": (dict(criterion="l2", allocation="global"), PEER_FINETUNE),
     "ec-depth": (dict(criterion="l2", allocation="uniform", depth=2), PEER_FINETUNE),
-    # the point's amount is the share of OpenVINO CPU latency to remove (a per-layer table), not of FLOPs
-    "ec-latency": (dict(amount="latency", criterion="taylor", allocation="global"), PEER_FINETUNE),
+    # the point's amount is the share of OpenVINO CPU latency to remove (each group's cost measured in the whole
+    # model, prune.latency), not of FLOPs
+    "ec-latency": (dict(amount="latency", criterion="taylor", allocation="sensitivity"), PEER_FINETUNE),
 }
 DEFAULT_POINTS = "yolov8n-bccd:0.35,yolov8n-bccd:0.50,yolov8n-bccd:0.20,yolo11n-bccd:0.35"
 

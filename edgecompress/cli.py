@@ -48,8 +48,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", metavar="N", type=int, help="square input size, a multiple of 32 (default 640)")
     p.add_argument("--device", metavar="cpu|0|mps", help="device for PyTorch work: cpu, a CUDA index or mps (Apple "
                    "silicon); checked before any work (default cpu)")
-    p.add_argument("--prune", metavar="FLOPS_FRACTION", type=float,
-                   help="fraction of FLOPs to remove by structured pruning, e.g. 0.35 (default 0: none)")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--prune", metavar="FLOPS_FRACTION", type=float,
+                        help="fraction of FLOPs to remove by structured pruning, e.g. 0.35 (default 0: none)")
+    amount.add_argument("--prune-latency", metavar="LATENCY_FRACTION", type=float,
+                        help="fraction of the network's latency in the target's runtime to remove by structured "
+                             "pruning, e.g. 0.4: each layer's cost measured in the whole model, then the pruned "
+                             "model timed until it lands within 5%% of the target")
     p.add_argument("--quant", choices=("none", "ptq", "qat"),
                    help="INT8 quantization: ptq (post-training, the default where the target runs INT8), qat "
                         "(quantization-aware training) or none (the target's float precision)")
@@ -77,7 +82,8 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
 
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
     flags = {"model": args.model, "data": args.data, "target": args.target, "imgsz": args.imgsz,
-             "device": args.device, "prune.flops": args.prune, "quant.mode": args.quant,
+             "device": args.device, "prune.flops": args.prune, "prune.latency": args.prune_latency,
+             "quant.mode": args.quant,
              "gates.max_map_drop": args.max_map_drop, "gates.max_latency_ms": args.max_latency_ms,
              # one budget on the command line: the INT8 fallback keeps layers in float to stay within it
              "quant.max_map_drop": args.max_map_drop}

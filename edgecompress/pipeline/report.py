@@ -148,9 +148,14 @@ def stage_details(stage: dict[str, Any], out: Path) -> list[str]:
                  f"({info['before']['gflops']:.2f} -> {info['after']['gflops']:.2f} GFLOPs, "
                  f"{info['config']['criterion']} scores, {info['config']['allocation']} allocation)"
                  + (f"; {info['stopped_early']}" if info.get("stopped_early") else "")]
-        if "sensitivity" in info:
-            lines += ["", f"![pruning sensitivity per group]({_relative(folder / info['sensitivity']['plot'], out)})",
-                      ""]
+        if lat := info.get("latency"):
+            lines += [f"- latency target: -{lat['target_removed']:.0%} of {lat['unpruned']:.2f} {lat['unit']} "
+                      f"({lat['runtime']}), measured -{lat['removed']:.1%} (the closest of {len(lat['tries'])} tries) "
+                      + ("(within" if lat["reached"] else "(NOT within") + f" {lat['tolerance']:.0%})"
+                      + (f"; {lat['note']}" if "note" in lat else "")]
+        for key, what in (("sensitivity", "pruning sensitivity per group"), ("latency", "latency saved per group")):
+            if key in info:
+                lines += ["", f"![{what}]({_relative(folder / info[key]['plot'], out)})", ""]
         return lines
     if info.get("mode") == "qat":
         return [f"- **{name}**: QAT, {info['epochs']} epochs of fake-quantized fine-tuning, then INT8 with "

@@ -63,20 +63,31 @@ class Prune(_Train):
     name = output_name = "prune"
     disk = 1.0  # the pruned checkpoint
 
-    def __init__(self, config: PruneConfig) -> None:
-        self.config = config
+    def __init__(self, config: PruneConfig, target_runtime: str) -> None:
+        # `runtime` is what runs this stage's artifact (torch); a latency target is measured in the target's
+        self.config, self.target_runtime = config, target_runtime
+        if config.latency:  # measured in the target's runtime, on this kind of machine
+            self.facts = (*_Train.facts, "host")
 
     def settings(self) -> Any:
+        if self.config.latency:
+            from edgecompress.config import to_dict
+
+            return {**to_dict(self.config), "runtime": self.target_runtime}
         return self.config
 
     def train(self, model: Any, workdir: Path, run: Run) -> tuple[Any, dict[str, Any]]:
         from edgecompress.prune.pruner import prune
 
-        return prune(model, self.config, run.evaluate, workdir)
+        return prune(model, self.config, run.evaluate, workdir, self.target_runtime)
 
     def summary(self, info: dict[str, Any]) -> str:
-        return (f"{info['flops_removed']:.1%} of the FLOPs removed ({info['before']['gflops']:.2f} -> "
-                f"{info['after']['gflops']:.2f} GFLOPs)")
+        flops = (f"{info['flops_removed']:.1%} of the FLOPs removed ({info['before']['gflops']:.2f} -> "
+                 f"{info['after']['gflops']:.2f} GFLOPs)")
+        if not (lat := info.get("latency")):
+            return flops
+        return (f"{flops}; {lat['removed']:.1%} of the {lat['runtime']} latency (target {lat['target_removed']:.0%}"
+                + ("" if lat["reached"] else ", NOT reached") + ")" + (" by the FLOPs proxy" if "note" in lat else ""))
 
 
 class Finetune(_Train):
@@ -355,11 +366,12 @@ class Bench(Stage):
                 f"{info['inference']['p50_ms']:.1f} ms, {info['file_mb']:.1f} MB")
 
 
-def training(recipe: Recipe) -> list[Stage]:
-    """The stages every plan starts with: load, then prune and fine-tune when the recipe prunes."""
+def training(recipe: Recipe, target: Target) -> list[Stage]:
+    """The stages every plan starts with: load, then prune and fine-tune when the recipe prunes (a latency target
+    is measured in the target's runtime)."""
     stages: list[Stage] = [Load()]
     if recipe.prune.enabled:
-        stages.append(Prune(recipe.prune))
+        stages.append(Prune(recipe.prune, target.runtime))
         if recipe.finetune.epochs:  # fine-tuning recovers what pruning lost
             stages.append(Finetune(recipe.finetune))
     return stages

@@ -58,9 +58,9 @@ class Global(Allocation):
     def counts(self, plan: Planner, knob: float) -> dict[nn.Module, int]:
         import torch
 
-        everything = torch.cat([plan.score(g) for g in plan.groups])
+        everything = torch.cat([g.importance for g in plan.groups])
         cut = torch.quantile(everything, min(knob, 1.0)).item() if knob > 0 else -math.inf
-        return {g.root: int((plan.score(g) < cut).sum()) for g in plan.groups}
+        return {g.root: int((g.importance < cut).sum()) for g in plan.groups}
 
 
 @ALLOCATIONS.register("threshold")
@@ -68,4 +68,4 @@ class Threshold(Allocation):
     """Every channel whose normalised importance is below the knob (prune.threshold) goes."""
 
     def counts(self, plan: Planner, knob: float) -> dict[nn.Module, int]:
-        return {g.root: int((plan.score(g) < knob).sum()) for g in plan.groups}
+        return {g.root: int((g.importance < knob).sum()) for g in plan.groups}

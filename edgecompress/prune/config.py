@@ -14,15 +14,18 @@ from edgecompress.yolo.config import FinetuneConfig
 class PruneConfig:
     """How much to prune and how to choose what goes.
 
-    Give exactly one amount: `flops` (fraction of FLOPs to remove, reached within `flops_tolerance`), `ratio`
-    (fraction of channels every prunable group loses; global allocation spreads it), or, with
-    allocation 'threshold', `threshold` (remove every channel whose normalised importance is below it).
+    Give exactly one amount: `flops` (fraction of FLOPs to remove, reached within `flops_tolerance`), `latency`
+    (fraction of the network's latency in the target's runtime to remove, reached within `latency_tolerance` of
+    the target in a timing against the unpruned model), `ratio` (fraction of channels every prunable group loses;
+    global allocation spreads it), or, with allocation 'threshold', `threshold` (remove every channel whose
+    normalised importance is below it).
     """
 
     flops: float = 0.0
     ratio: float = 0.0
-    latency: float = 0.0  # fraction of the network's OpenVINO CPU latency to remove (per-layer table, allocation
-    #                       'global'; the frame's processing around it costs the same whatever is pruned)
+    latency: float = 0.0  # fraction of the network's latency in the target's runtime to remove: each group's cost
+    #                       measured in the whole model (prune.latency), ratios by accuracy per millisecond, then
+    #                       timed and corrected; the frame's processing around it costs the same whatever is pruned
     threshold: float = 0.0
     # Taylor scores with per-group ratios from measured sensitivity: the best of the candidates at equal budget
     # (BENCHMARKS.md, "Pruning", candidates at yolov8n-bccd -35% FLOPs)
@@ -40,6 +43,8 @@ class PruneConfig:
     sparse_reg: float = 5e-4  # criterion group_norm: regularisation strength (torch-pruning's `reg`)
     batches: int = 4  # criteria taylor/activation: training batches used to score channels
     flops_tolerance: float = 0.01  # relative error of the reached FLOPs against the target
+    latency_tolerance: float = 0.05  # relative error of the measured latency against the target's
+    latency_turns: int = 40  # turns of each latency timing (each group's cost, each try of the amount)
     sensitivity: bool = False  # measure per-group sensitivity on val and plot it (implied by that allocation)
     sensitivity_ratio: float = 0.5  # channels each group loses, alone, when its sensitivity is measured
     sensitivity_images: int = 16  # first val images used to measure it (each group costs one evaluation)
@@ -54,9 +59,13 @@ class PruneConfig:
                 f"prune.latency is the fraction of latency to remove, in [0, 1); got {self.latency}")
         amounts = {k: v for k, v in (("flops", self.flops), ("ratio", self.ratio), ("latency", self.latency)) if v}
         require(len(amounts) <= 1, f"prune: {amounts} all set; give one amount, e.g. flops: 0.35")
-        require(not self.latency or self.allocation == "global",
-                f"prune.latency ranks channels by importance per millisecond across the whole model; "
-                f"set allocation: global (got {self.allocation!r})")
+        require(not self.latency or self.allocation == "sensitivity",
+                f"prune.latency weights each group by the latency it saves per mAP point it costs, which needs "
+                f"allocation: sensitivity (got {self.allocation!r}); write allocation: sensitivity, or prune by "
+                f"flops with allocation {self.allocation!r}")
+        require(not self.latency or self.steps == 1,
+                f"prune.latency is measured and corrected on the whole model in one step (got steps: {self.steps}); "
+                f"write steps: 1, or prune by flops for an iterative schedule")
         if self.allocation == "threshold":
             require(self.threshold > 0 and not (self.flops or self.ratio),
                     f"prune.allocation 'threshold' prunes by prune.threshold (> 0) alone; got threshold "
@@ -81,6 +90,9 @@ class PruneConfig:
         require(self.sensitivity_images >= 1, f"prune.sensitivity_images must be >= 1, got {self.sensitivity_images}")
         require(0.0 < self.flops_tolerance <= 0.05,
                 f"prune.flops_tolerance must be in (0, 0.05], got {self.flops_tolerance}")
+        require(0.0 < self.latency_tolerance <= 0.5,
+                f"prune.latency_tolerance must be in (0, 0.5], got {self.latency_tolerance}; try 0.05")
+        require(self.latency_turns >= 4, f"prune.latency_turns must be >= 4, got {self.latency_turns}; try 40")
 
     @property
     def enabled(self) -> bool:

@@ -42,7 +42,6 @@ class Planner:
         self.rescored: list[str] = []  # groups the criterion gave no finite score, ranked by L2 instead
         self.groups: list[Group] = []
         self.frozen_ties: set[str] = set()  # split blocks with one half unprunable: the other half stays too
-        self.costs: dict[nn.Module, float] = {}  # latency-aware: ms saved per channel removed from the group
         self._score_groups(model, config, dataset, imgsz)
 
     def _score_groups(self, model: DetectionModel, config: PruneConfig, dataset: Dataset, imgsz: int) -> None:
@@ -51,10 +50,6 @@ class Planner:
         if criterion.needs_data:
             criterion.feed(model, importance, dataset, imgsz, config.batches)
         protected = protected_layers(model, config.ignore)
-        if config.latency:
-            from edgecompress.prune.latency import layer_table
-
-            table, self.table_ms = layer_table(model, imgsz)
         for group in self.dg.get_all_groups(root_module_types=[nn.Conv2d]):
             reason = unsafe(group, protected)
             root = group[0].dep.target.module
@@ -73,10 +68,6 @@ class Planner:
                 self.frozen_ties.add(tie_key(group, self.names))
                 continue
             self.groups.append(Group(root, imp.detach().float().cpu(), tie_key(group, self.names)))
-            if config.latency:
-                self.costs[root] = sum(table[item.dep.target.module].out_ms if item.dep.handler ==
-                                       tp.prune_conv_out_channels else table[item.dep.target.module].in_ms
-                                       for item in group if item.dep.target.module in table)
         for m in model.modules():  # Taylor gradients must not leak into fine-tuning
             if isinstance(m, nn.Conv2d) and m.weight.grad is not None:
                 m.weight.grad = None
@@ -88,7 +79,7 @@ class Planner:
         counts = {}
         for root, imp, _ in self.groups:
             n = min(raw[root], int(c.max_group_ratio * len(imp)))
-            counts[root] = len(imp) - _round_keep(len(imp) - n, c.round_to, len(imp))
+            counts[root] = len(imp) - self.round_keep(len(imp) - n, len(imp))
         ties: dict[str, list[nn.Module]] = {}
         for root, _, key in self.groups:
             if key:
@@ -99,16 +90,18 @@ class Planner:
                 counts[r] = n
         return counts
 
-    def score(self, group: Group) -> torch.Tensor:
-        """A channel's importance, divided by the latency its removal saves when pruning for latency."""
-        if not self.config.latency:
-            return group.importance
-        return group.importance / max(self.costs.get(group.root, 0.0), 1e-4)  # a channel that saves nothing stays
+    def units(self) -> list[list[nn.Module]]:
+        """The group roots that are cut together when one is measured (sensitivity, latency): each group alone, a
+        split block's two halves as one."""
+        units = [[g.root for g in self.groups if key and g.tie == key] or [root] for root, _, key in self.groups]
+        return [roots for roots, (root, _, _) in zip(units, self.groups) if roots[0] is root]
 
-    def predicted_ms(self, knob: float) -> float:
-        """The latency table's model latency after pruning at this knob value."""
-        counts = self.counts(knob)
-        return self.table_ms - sum(counts.get(g.root, 0) * self.costs.get(g.root, 0.0) for g in self.groups)
+    def round_keep(self, keep: int, total: int) -> int:
+        """Channels kept, rounded to the nearest multiple of prune.round_to (at least one multiple, at most all)."""
+        multiple = self.config.round_to
+        if multiple == 1:
+            return max(1, keep)
+        return min(total, max(multiple, round(keep / multiple) * multiple))
 
     def apply(self, knob: float, dry_run: bool = False) -> DetectionModel:
         """Prune (a copy, for dry runs) at this knob value; returns the pruned model."""
@@ -137,9 +130,3 @@ class Planner:
         """Per group root: [channels before, channels after]."""
         return {self.names[g.root]: [len(g.importance), g.root.out_channels] for g in self.groups}
 
-
-def _round_keep(keep: int, multiple: int, total: int) -> int:
-    """Channels kept, rounded to the nearest multiple (at least one multiple, at most all)."""
-    if multiple == 1:
-        return max(1, keep)
-    return min(total, max(multiple, int(round(keep / multiple)) * multiple))

@@ -26,9 +26,7 @@ def sensitivity(model: DetectionModel, config: PruneConfig, evaluate: Evaluator,
     images = config.sensitivity_images
     base = evaluate(work, workdir, images)["map50_95"]
     drops: dict[str, float] = {}
-    measured = [[g.root for g in plan.groups if key and g.tie == key] or [root] for root, _, key in plan.groups]
-    measured = [roots for roots, (root, _, _) in zip(measured, plan.groups) if roots[0] is root]  # a split
-    # block's two halves are pruned, and measured, together
+    measured = plan.units()
     with progress.task("sensitivity", total=len(measured), unit="group") as groups:
         for roots in measured:
             n = {r: int(config.sensitivity_ratio * r.out_channels) for r in roots}
@@ -39,11 +37,14 @@ def sensitivity(model: DetectionModel, config: PruneConfig, evaluate: Evaluator,
     return drops
 
 
-def sensitivity_weights(drops: dict[str, float]) -> dict[str, float]:
-    """Per-group ratio multipliers with mean 1: a group that costs twice the mAP loses about half as much."""
-    inverse = {name: 1.0 / (max(d, 0.0) + 1.0) for name, d in drops.items()}  # +1 point: noise floor
-    mean = sum(inverse.values()) / len(inverse)
-    return {name: w / mean for name, w in inverse.items()}
+def sensitivity_weights(drops: dict[str, float], saved: dict[str, float] | None = None) -> dict[str, float]:
+    """Per-group ratio multipliers with mean 1: a group that costs twice the mAP loses about half as much. With
+    `saved` (each group's latency cost, prune.latency): weighted by latency saved per mAP point lost, and a group
+    whose cut saves nothing is left alone."""
+    value = {name: (max(saved.get(name, 0.0), 0.0) if saved is not None else 1.0) / (max(d, 0.0) + 1.0)
+             for name, d in drops.items()}  # +1 point: noise floor
+    mean = sum(value.values()) / len(value)
+    return {name: w / mean if mean > 0 else 1.0 for name, w in value.items()}
 
 
 def plot_sensitivity(drops: dict[str, float], ratio: float, path: Path) -> None:

@@ -105,7 +105,7 @@ class Target:
         """The stages of a run for this (preset) recipe, in order: training, then this target's own."""
         from edgecompress.pipeline import stages
 
-        return [*stages.training(recipe), *self.deploy(recipe)]
+        return [*stages.training(recipe, self), *self.deploy(recipe)]
 
     def deploy(self, recipe: Recipe) -> list[Stage]:
         """The stages after training: the FP32 export, INT8 where the recipe asks for it, and the final network
