@@ -153,3 +153,26 @@ def test_every_board_gets_trtexec_deepstream_and_dla_files(tmp_path: Path, fp16_
         assert set(typed.fp32_nodes(onnx.load(str(bundle / info["onnx"])))) <= nodes
         assert not any(f["op"] == "Conv" for f in fallback) and all(f["node"].startswith("/model.22/")
                                                                     for f in fallback)
+
+
+def test_a_conv_the_fallback_keeps_in_float_reads_float_and_follows_tensorrt_rules(tmp_path: Path,
+                                                                                  demo: tuple[Path, Path]) -> None:
+    """The bottleneck's first conv shares its input with the residual Add, which TensorRT's placement quantizes:
+    kept in float, it must read the float tensor, not the Add's dequantized copy (TensorRT refuses a Conv whose
+    input is dequantized and whose weight is not)."""
+    from edgecompress.yolo.model import export_onnx, load_model
+
+    fp32 = export_onnx(load_model(demo[0]), IMGSZ, tmp_path / "export", "model")
+    target, config = TARGETS["jetson-orin-nano"], QuantConfig(calibration_images=8)
+    job = Job(fp32, fp32, target, config, Scheme.of(target, config),
+              evaluator(demo[1], IMGSZ).dataset.calibration_images(8, 0), IMGSZ)
+    conv = "/model.2/m.0/cv1/conv/Conv"
+    exclude = [*job.decode, conv]
+    rounded = onnx.load(str(quantize_qdq(fp32, job.ranges("minmax"), tmp_path / "a.onnx", job.scheme, exclude)))
+    assert any(conv in v for v in tensorrt_rules.violations(rounded))  # what the fallback built before
+    kept = onnx.load(str(quantize_qdq(fp32, job.ranges("minmax"), tmp_path / "b.onnx", job.scheme, exclude, [conv])))
+    assert tensorrt_rules.violations(kept) == []
+    producers = {out: n.op_type for n in kept.graph.node for out in n.output}
+    (node,) = [n for n in kept.graph.node if n.name == conv]
+    assert producers[node.input[0]] != "DequantizeLinear" and node.input[1] in {t.name for t in kept.graph.initializer}
+    assert sum(n.op_type == "DequantizeLinear" for n in kept.graph.node) > 10  # the rest stays INT8

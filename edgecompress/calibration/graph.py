@@ -61,6 +61,26 @@ def float_feeders(model: onnx.ModelProto, excluded: Collection[str]) -> list[str
     return found
 
 
+def read_float(model: onnx.ModelProto, nodes: Collection[str]) -> None:
+    """Feed `nodes` the float tensors in front of the Quantize/Dequantize pairs they read, and remove pairs left
+    unread. onnxruntime quantizes a tensor for all its readers once one of them is quantized, so a layer kept in
+    float would still read INT8-rounded values, and TensorRT refuses a Conv whose input is dequantized while its
+    weight is not."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.name in nodes:
+            for i, tensor in enumerate(node.input):
+                dq = producers.get(tensor)
+                q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+                if q is not None and q.op_type == "QuantizeLinear":
+                    node.input[i] = q.input[0]
+    for op in ("DequantizeLinear", "QuantizeLinear"):  # a pair's Q is unread only once its DQ is gone
+        read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+        for node in [n for n in graph.node if n.op_type == op and n.output[0] not in read]:
+            graph.node.remove(node)
+
+
 def shared_scale_groups(model: onnx.ModelProto, skip: Collection[str]) -> list[set[str]]:
     """Sets of tensors joined, directly or through each other, by grid-preserving nodes (not in `skip`): each set
     needs one quantization scale for those nodes to run in INT8."""

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import onnx
 
-from edgecompress.calibration.graph import drop_requantization, float_feeders, shared_scale_groups
+from edgecompress.calibration.graph import drop_requantization, float_feeders, read_float, shared_scale_groups
 from edgecompress.calibration.ranges import Ranges
 from edgecompress.quantize.scheme import Scheme
 
 
-def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclude: Sequence[str]) -> Path:
-    """A QDQ ONNX of `model` with `ranges`, every node the scheme places Q/DQ at but `exclude` quantized;
-    keeps the ONNX metadata."""
+def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclude: Sequence[str],
+                 keep_float: Sequence[str] = ()) -> Path:
+    """A QDQ ONNX of `model` with `ranges`, every node the scheme places Q/DQ at but `exclude` quantized, and the
+    layers of `keep_float` (the fallback's, among `exclude`) reading float inputs too; keeps the ONNX metadata."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -39,6 +40,7 @@ def quantize_qdq(model: Path, ranges: Ranges, dest: Path, scheme: Scheme, exclud
     )
     cache.unlink()
     quantized = onnx.load(str(dest))
+    read_float(quantized, keep_float)
     if scheme.placement == "nncf":
         drop_requantization(quantized, exclude)
     del quantized.metadata_props[:]

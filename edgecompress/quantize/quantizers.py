@@ -110,7 +110,7 @@ class QDQ(Quantizer):
         from edgecompress.quantize.qdq import quantize_qdq
 
         qdq = quantize_qdq(job.onnx_fp32, job.ranges(method), outdir / f"{job.onnx_fp32.stem}_int8.onnx",
-                           job.scheme, [*job.decode, *keep_float])
+                           job.scheme, [*job.decode, *keep_float], keep_float)
         job.target.check_int8(onnx.load(str(qdq)))
         return job.target.from_qdq(qdq, job.onnx_fp32)
 
