@@ -13,13 +13,13 @@ import onnx
 from onnx import numpy_helper
 
 from edgecompress.calibration.graph import head_decode_nodes
-from edgecompress.errors import UserError
 
 MIN_OPSET = 13
 
 
-class TensorRTRuleError(UserError):
-    """A QDQ model that TensorRT would reject or run with the wrong precision."""
+class TensorRTRuleError(RuntimeError):
+    """A QDQ model that TensorRT would reject or run with the wrong precision. Only graphs the product built are
+    checked, so this is an internal error (exit status 3), never the user's input."""
 
 
 def violations(model: onnx.ModelProto) -> list[str]:
