@@ -34,6 +34,7 @@ from edgecompress import progress
 from edgecompress.config import Registry
 from edgecompress.device.host import host_key
 from edgecompress.device.timing import interleaved
+from edgecompress.files import write_atomic
 from edgecompress.plots import pyplot, save
 from edgecompress.yolo.blocks import fold_blocks
 
@@ -215,9 +216,7 @@ def costs(plan: Any, meter_: Meter, multiple: int) -> tuple[float, dict[str, Cos
                                          for r in roots})
                 bar.advance(group=plan.names[roots[0]], saved=round(c.saved, 3))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}")
-        tmp.write_text(json.dumps(stored, indent=1))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(stored, indent=1))
     base = float(np.median(stored["bases"])) if stored["bases"] else 0.0
     raw = {plan.names[g.root]: stored["groups"][plan.names[g.root]] for g in plan.groups}
     cut = [name for name, r in raw.items() if r["channels"]]
