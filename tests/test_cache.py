@@ -39,3 +39,18 @@ def test_a_failed_build_leaves_no_finished_stage(tmp_path: Path) -> None:
     assert cache.sweep() and not list(tmp_path.glob(".tmp-*"))
     entry = cache.stage("export", "key", lambda folder: {"ok": True})
     assert not entry.reused and entry.info == {"ok": True}
+
+
+def test_sweep_leaves_a_stage_another_live_process_is_building(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / f".tmp-export-abc-{live.pid}").mkdir()  # a search's other trial, still building
+        (tmp_path / f".tmp-export-def-{ended.stdout.strip()}").mkdir()  # debris of a killed trial
+        assert Cache(tmp_path).sweep() == [f".tmp-export-def-{ended.stdout.strip()}"]
+        assert (tmp_path / f".tmp-export-abc-{live.pid}").is_dir()
+    finally:
+        live.kill()

@@ -47,11 +47,26 @@ def test_no_grow_back_after_a_fine_tune_epoch(pruned_and_tuned):
 
 def test_auto_schedule_recovers_a_pruned_model(pruned_and_tuned):
     chosen, work = pruned_and_tuned[3]["schedule"], pruned_and_tuned[4]
-    assert chosen["auto"]["points_below"] > 1.0 and chosen["name"] == "recover"
+    assert chosen["points_below"] > 1.0 and chosen["name"] == "recover"
     assert chosen["settings"]["warmup_epochs"] == 3.0 and not chosen["settings"]["freeze_bn"]
     trainer_args = yaml.safe_load((work / "finetune" / "train" / "args.yaml").read_text())
     assert trainer_args["batch"] == trainer_args["nbs"] == 8  # what the trainer really ran with
     assert trainer_args["warmup_epochs"] == 3.0
+
+
+def test_epochs_auto_stops_once_recovered(pruned_and_tuned, demo, tmp_path):
+    base, pruned = pruned_and_tuned[:2]
+    config = FinetuneConfig(epochs="auto", max_epochs=3, recovered_within=100.0, workers=0)
+    _, info = finetune(pruned, config, evaluator(demo[1], IMGSZ), tmp_path, reference=base)
+    assert len(info["epochs_log"]) == 1 and info["stopped"].startswith("recovered at epoch 1")
+
+
+def test_epochs_auto_stops_at_its_ceiling_when_never_recovered(pruned_and_tuned, demo, tmp_path):
+    base, pruned = pruned_and_tuned[:2]
+    config = FinetuneConfig(epochs="auto", max_epochs=2, recovered_within=0.0, patience=5, workers=0)
+    _, info = finetune(pruned, config, evaluator(demo[1], IMGSZ), tmp_path, reference=base)
+    assert info["schedule"]["points_below"] > 0  # never within 0 points of the unpruned model in two epochs
+    assert len(info["epochs_log"]) == 2 and info["stopped"] == "the ceiling, 2 epochs"
 
 
 def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(demo, tmp_path):
@@ -59,7 +74,7 @@ def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(de
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
     tuned, info = finetune(model, FinetuneConfig(epochs=1, batch=8, workers=0), evaluator(demo[1], IMGSZ), tmp_path,
                            reference=model)
-    assert info["schedule"]["name"] == "preserve" and info["schedule"]["auto"]["points_below"] == 0
+    assert info["schedule"]["name"] == "preserve" and info["schedule"]["points_below"] == 0
     after = tuned.state_dict()
     assert all(torch.equal(v, after[k].to(v.dtype)) for k, v in stats.items())
     assert 0 < info["epochs_log"][0]["lr/pg0"] <= 1e-5  # it trained, at the preserve schedule's rate

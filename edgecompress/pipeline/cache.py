@@ -7,12 +7,13 @@ folder that the next run (holding the output folder's lock) deletes.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,9 @@ class Cache:
         self.root = root  # created with the first stage it builds
 
     def sweep(self) -> list[str]:
-        """Delete the temporary folders of interrupted or failed stages; call only while holding the output lock."""
-        stale = [p for p in self.root.glob(".tmp-*") if p.is_dir()]
+        """Delete the temporary folders of interrupted or failed stages: those whose builder (the pid ending the name)
+        has ended. A search's trials share one cache, so a folder another live process is building is left alone."""
+        stale = [p for p in self.root.glob(".tmp-*") if p.is_dir() and not _alive(int(p.name.rsplit("-", 1)[1]))]
         for p in stale:
             shutil.rmtree(p, ignore_errors=True)
         return [p.name for p in stale]
@@ -76,10 +78,38 @@ class Cache:
         seconds = round(time.perf_counter() - start, 2)
         write_atomic(tmp / DONE, json.dumps({"stage": name, "key": key, "info": info,
                                              "seconds": seconds}, indent=2, default=str))
+        if entry := self.finished(name, key):  # another trial of a search finished the same stage meanwhile
+            shutil.rmtree(tmp)
+            return entry
         if final.exists():  # a folder without done.json is not a finished stage
             shutil.rmtree(final)
         os.rename(tmp, final)
         return Entry(name, key, final, info, reused=False, seconds=seconds)
+
+    @contextlib.contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold the cache's lock named `what` (an flock, released by the OS if the holder dies): the trials of a
+        search that share this cache time latency one at a time."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{what}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a folder of one that ended is debris)."""
+    if pid == os.getpid():
+        return False  # this process sweeps only after its own stage failed or before it starts one
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class OutputFolder:

@@ -78,7 +78,10 @@ class Runner:
     """Runs one recipe into one output folder. Progress goes to edgecompress.progress; what third-party libraries
     print goes to OUT/compress.log (and to `echo` too, when given)."""
 
-    def __init__(self, recipe: Recipe, out: Path, trust_checkpoint: bool = False, echo: IO[str] | None = None) -> None:
+    def __init__(self, recipe: Recipe, out: Path, trust_checkpoint: bool = False, echo: IO[str] | None = None,
+                 stages: Path | None = None, plan: Callable[[Recipe], list[Stage]] | None = None) -> None:
+        """`stages`: the stage cache (default OUT/stages), which a search's trials share; `plan`: the stages to run
+        instead of the target's plan (a search's reference exports)."""
         if recipe.is_demo:
             model, data = demo_paths()
             recipe = recipe.with_overrides(model=str(model), data=str(data))
@@ -88,6 +91,8 @@ class Runner:
         self.echo = echo
         self.trust = trust_checkpoint
         self.manifest: list[dict[str, Any]] = []
+        self.cache = Cache(stages or self.out / "stages")
+        self.plan = plan or self.target.plan
         if reason := self.target.unusable():
             raise UserError(reason)
 
@@ -115,7 +120,6 @@ class Runner:
         evaluate = Evaluator(dataset, recipe.imgsz, recipe.eval.split, recipe.eval.conf, recipe.eval.iou,
                              recipe.device)
         run = Run(recipe, self.target, checkpoint, model, dataset, evaluate, self.trust)
-        self.cache = Cache(self.out / "stages")
         need = self._disk_need(run)
         if machine.free_space(self.out) < need / 2:  # clearly too small: the estimate is generous, not tight
             raise UserError(machine.space_message("too little free space", self.out,
@@ -140,7 +144,7 @@ class Runner:
     def _disk_need(self, run: Run) -> int:
         """The disk space the stages still to run need: those from the first stage of the plan not finished yet."""
         parent: Artifact | None = None
-        plan = self.target.plan(run.recipe)
+        plan = self.plan(run.recipe)
         for i, stage in enumerate(plan):
             if (entry := self.cache.finished(stage.name, stage.key(parent, run))) is None:
                 return machine.disk_need(plan[i:], run.model)
@@ -151,7 +155,7 @@ class Runner:
         parent: Artifact | None = None
         chain: list[Artifact] = []
         stages: list[dict[str, Any]] = []
-        for stage in self.target.plan(run.recipe):
+        for stage in self.plan(run.recipe):
             entry = self._step(stage, parent, run)
             artifact = stage.output(parent, entry)
             if artifact is not None:
@@ -182,7 +186,8 @@ class Runner:
     def _measure(self, artifact: Artifact, run: Run) -> dict[str, Any]:
         """Accuracy in the artifact's own runtime, and its latency and memory, each cached on its own."""
         evaluated = self._step(Evaluate(artifact), artifact, run)
-        benched = self._step(Bench(artifact), artifact, run)
+        with self.cache.exclusive("bench"):  # a search's trials time one at a time
+            benched = self._step(Bench(artifact), artifact, run)
         row = {"name": artifact.name, "artifact": str(artifact.path), "runtime": artifact.runtime,
                "precision": artifact.precision, "parameters": artifact.size["parameters"],
                "gflops": artifact.size["gflops"], "accuracy": evaluated.info, "benchmark": benched.info,

@@ -110,8 +110,9 @@ class Finetune(_Train):
     def summary(self, info: dict[str, Any]) -> str:
         epochs = info.get("epochs_log") or []
         best = max((e.get("metrics/mAP50-95(B)", 0.0) for e in epochs), default=None)
-        return f"{len(epochs)} epochs ({info['schedule']['name']})" + (f", best val mAP50-95 {best:.4f}"
-                                                                       if best is not None else "")
+        return (f"{len(epochs)} epochs ({info['schedule']['name']})"
+                + (f", best val mAP50-95 {best:.4f}" if best is not None else "")
+                + (f"; stopped: {info['stopped']}" if "stopped" in info else ""))
 
 
 class Export(ModelStage):

@@ -8,6 +8,11 @@ recipe's `finetune` section. Light: no torch, so a recipe validates without load
   warm-up destroys a trained model within an epoch, and statistics re-estimated over a few augmented batches cost
   about half a point on their own.
 - `auto`: evaluate the model and the unpruned reference first, and preserve when within `preserve_within` points.
+
+`epochs: auto` fine-tunes until recovered: it stops once the validation mAP50-95 is within `recovered_within` points of
+the unpruned model (evaluated at the same image size), or after `patience` epochs without a new best, and at
+`max_epochs` at the latest. Short fixed runs stop while mAP is still rising (BENCHMARKS.md, "Fine-tuning until
+recovered").
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ class FinetuneConfig:
     """`epochs`: fine-tuning epochs after pruning (0 = none); `schedule` sets the optimizer, lr0, lrf,
     warmup_epochs, freeze_bn, batch and nbs that are left unset (None); the rest are Ultralytics' trainer settings."""
 
-    epochs: int = 5  # the fine-tune stage runs only after pruning, so `--prune X` alone also fine-tunes
+    epochs: int | Literal["auto"] = "auto"  # the stage runs only after pruning, so `--prune X` alone also fine-tunes
+    max_epochs: int = 30  # epochs: auto: the ceiling (the trainer's schedule spans it)
+    recovered_within: float = 0.5  # epochs: auto: mAP50-95 points below the unpruned model that count as recovered
+    patience: int = 3  # epochs: auto: stop after this many epochs without a new best val mAP50-95
     schedule: Schedule = "auto"
     preserve_within: float = 1.0  # auto: mAP50-95 points below the reference within which to preserve
     optimizer: Literal["AdamW", "Adam", "SGD", "auto"] | None = None  # auto: Ultralytics picks by run length
@@ -49,7 +57,12 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(self.epochs >= 0, f"finetune.epochs must be >= 0, got {self.epochs}")
+        require(self.epochs == "auto" or self.epochs >= 0,
+                f"finetune.epochs must be >= 0 or auto (until recovered), got {self.epochs!r}")
+        require(self.max_epochs >= 1, f"finetune.max_epochs must be >= 1, got {self.max_epochs}")
+        require(self.recovered_within >= 0,
+                f"finetune.recovered_within must be >= 0 points, got {self.recovered_within}")
+        require(self.patience >= 1, f"finetune.patience must be >= 1 epoch, got {self.patience}")
         require(self.schedule in SCHEDULES or self.schedule == "auto",
                 f"finetune.schedule must be auto, recover or preserve; got {self.schedule!r}")
         require(self.preserve_within >= 0, f"finetune.preserve_within must be >= 0 points, got {self.preserve_within}")
@@ -65,6 +78,11 @@ class FinetuneConfig:
                 f"finetune.nbs must be >= 1, got {self.nbs}; write the batch size for no accumulation")
         require(self.workers >= 0, f"finetune.workers must be >= 0, got {self.workers}")
         require(self.distill >= 0, f"finetune.distill is a loss weight and must be >= 0, got {self.distill}")
+
+    @property
+    def ceiling(self) -> int:
+        """The most epochs it trains: the trainer's epochs."""
+        return self.max_epochs if self.epochs == "auto" else self.epochs
 
     def settings(self, schedule: str) -> dict[str, Any]:
         """The schedule's optimizer settings, with those this config sets explicitly."""

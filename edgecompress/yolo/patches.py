@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 LOG = logging.getLogger("edgecompress")
 PINNED = "8.4.190"
+THREADS_ENV = "EDGECOMPRESS_THREADS"
 
 
 def _no_cache_write(_prefix: str, _path: Path, x: dict[str, Any], version: str) -> None:
@@ -38,11 +40,19 @@ def _open_image(filename: Any, *args: Any, **kwargs: Any) -> Any:
     return ultralytics_patches._image_open(filename, *args, **kwargs)  # Pillow's own
 
 
+def cpu_threads() -> int:
+    """The CPU threads PyTorch work of this process may use: the cores it may run on, or `EDGECOMPRESS_THREADS` where a
+    search shares the machine among its trials."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, int(os.environ.get(THREADS_ENV) or cores))
+
+
 def apply() -> None:
     """Apply every patch (idempotent)."""
     import ultralytics
     import ultralytics.data.dataset as dataset
     import ultralytics.data.utils as data_utils
+    import ultralytics.utils.torch_utils as torch_utils
     from PIL import Image
 
     if ultralytics.__version__ != PINNED:
@@ -51,3 +61,6 @@ def apply() -> None:
     dataset.save_dataset_cache_file = _no_cache_write
     data_utils._replace_image = _decode_only
     Image.open = _open_image
+    # Ultralytics' select_device (run by its trainer and validator) sets torch to cpu_count - 1 threads: one of two
+    # cores here, for the rest of the process. Training and evaluation use every core they may.
+    torch_utils.NUM_THREADS = cpu_threads()

@@ -132,12 +132,13 @@ class KeepModelTrainer(DetectionTrainer):
 def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator, workdir: Path,
              reference: DetectionModel | None = None, regulariser: Regulariser | None = None,
              qat_batches: int = 0) -> tuple[DetectionModel, dict]:
-    """Train `model` for `config.epochs` on the train split of the evaluator's dataset, at its image size and on its
-    device; returns the best epoch's model (by val fitness) and a JSON-able info.
+    """Train `model` for `config.epochs` (or until recovered: `epochs: auto`) on the train split of the evaluator's
+    dataset, at its image size and on its device; returns the best epoch's model (by val fitness) and a JSON-able info.
 
-    `reference` is the unpruned model: the yardstick of schedule auto (measured with `evaluate`), and the teacher
-    when `config.distill`. `qat_batches` > 0 trains with INT8 fake quantization (see KeepModelTrainer); the
-    returned model then carries its quantizers and their ranges (edgecompress.quantize.qat exports it)."""
+    `reference` is the unpruned model: the yardstick of schedule auto and of epochs auto (measured with `evaluate`),
+    and the teacher when `config.distill`. `qat_batches` > 0 trains with INT8 fake quantization (see
+    KeepModelTrainer); the returned model then carries its quantizers and their ranges (edgecompress.quantize.qat
+    exports it)."""
     workdir = Path(workdir).resolve()  # Ultralytics files a relative project under ./runs/detect
     if config.epochs == 0:
         return model, {"epochs": 0}
@@ -147,12 +148,12 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
     start = workdir / "start.pt"
     save_checkpoint(model, start, half=False)
     overrides = {
-        "model": str(start), "data": str(evaluate.dataset.yaml), "imgsz": evaluate.imgsz, "epochs": config.epochs,
+        "model": str(start), "data": str(evaluate.dataset.yaml), "imgsz": evaluate.imgsz, "epochs": config.ceiling,
         "device": evaluate.device, "workers": config.workers, "project": str(workdir), "name": "train",
         "exist_ok": True,
         **{k: v for k, v in settings.items() if k != "freeze_bn"}, "mosaic": config.mosaic,
         "close_mosaic": config.close_mosaic, "seed": config.seed, "plots": False, "amp": False, "verbose": False,
-        "val": True,
+        "val": True, **({"patience": config.patience} if config.epochs == "auto" else {}),
     }
     if config.distill:
         require(reference is not None, "finetune.distill needs the unpruned model as teacher; set finetune.distill: 0")
@@ -161,12 +162,18 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
     trainer_cls = type("Trainer", (KeepModelTrainer,), {"regulariser": staticmethod(regulariser),
                                                         "qat_batches": qat_batches, "freeze_bn": settings["freeze_bn"]})
     trainer = trainer_cls(overrides=overrides)
+    stop = _Recovered(chosen["reference_map50_95"] - config.recovered_within / 100) if config.epochs == "auto" \
+        else None
     t0 = time.time()
     name = "QAT" if qat_batches else "fine-tune"
-    with progress.task(name, total=config.epochs, unit="epoch", each=True) as epochs:
-        trainer.add_callback("on_fit_epoch_end", lambda t: epochs.advance(**{
-            "loss": round(float(sum(t.tloss.values())), 3),
-            "val mAP50-95": round(t.metrics.get("metrics/mAP50-95(B)", 0), 4)}))
+    with progress.task(name, total=config.ceiling, unit="epoch", each=True) as epochs:
+        def epoch_end(t: Any) -> None:
+            if stop:
+                stop(t)
+            epochs.advance(**{"loss": round(float(sum(t.tloss.values())), 3),
+                              "val mAP50-95": round(t.metrics.get("metrics/mAP50-95(B)", 0), 4)})
+
+        trainer.add_callback("on_fit_epoch_end", epoch_end)
         try:
             trainer.train()
         except Exception as e:
@@ -180,9 +187,28 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
             raise
     best, _ = load_checkpoint(trainer.best if trainer.best.exists() else trainer.last)
     best = getattr(best, "student_model", best)  # a distillation checkpoint holds the student inside
+    log = _results(trainer.csv)
     info = {"config": asdict(config), "schedule": {**chosen, "settings": settings},
-            "seconds": round(time.time() - t0, 1), "epochs_log": _results(trainer.csv)}
+            "seconds": round(time.time() - t0, 1), "epochs_log": log}
+    if stop:
+        info["stopped"] = stop.reason or (f"no new best in {config.patience} epochs" if len(log) < config.ceiling
+                                          else f"the ceiling, {config.ceiling} epochs")
     return best.float().eval(), info
+
+
+class _Recovered:
+    """An epoch-end callback that stops the trainer once its val mAP50-95 reaches `goal` (epochs: auto). Ultralytics'
+    validator during training scores the EMA weights at a batch of its own; the goal comes from the pipeline's
+    evaluator, so the two differ only by letterbox padding within a batch."""
+
+    def __init__(self, goal: float) -> None:
+        self.goal, self.reason = goal, ""
+
+    def __call__(self, trainer: Any) -> None:
+        reached = trainer.metrics.get("metrics/mAP50-95(B)", 0.0)
+        if reached >= self.goal and not self.reason:
+            self.reason = f"recovered at epoch {trainer.epoch + 1} ({reached:.4f} >= {self.goal:.4f})"
+            trainer.stop = True
 
 
 def _ran_out_of(error: BaseException) -> str | None:
@@ -215,15 +241,18 @@ def _memory_nearly_exhausted() -> bool:
 
 def _choose_schedule(model: DetectionModel, config: FinetuneConfig, reference: DetectionModel | None,
                      evaluate: Evaluator, workdir: Path) -> tuple[str, dict[str, Any]]:
-    if config.schedule != "auto":
+    """The schedule, and what chose it: schedule auto and epochs auto both measure the unpruned reference."""
+    if config.schedule != "auto" and config.epochs != "auto":
         return config.schedule, {"name": config.schedule}
-    require(reference is not None, "finetune.schedule auto compares the model with the unpruned one, and none was "
-                                   "given; set finetune.schedule: recover (after pruning) or preserve")
+    require(reference is not None, "finetune.schedule auto and finetune.epochs auto compare the model with the "
+                                   "unpruned one, and none was given; set finetune.schedule: recover (after pruning) "
+                                   "or preserve, and finetune.epochs to a number")
     ref = evaluate(reference, workdir / "eval_reference")["map50_95"]
     now = ref if reference is model else evaluate(model, workdir / "eval_start")["map50_95"]
     below = round(100 * (ref - now), 2)
-    name = "preserve" if below <= config.preserve_within else "recover"
-    return name, {"name": name, "auto": {"reference_map50_95": ref, "start_map50_95": now, "points_below": below}}
+    name = config.schedule if config.schedule != "auto" else "preserve" if below <= config.preserve_within else \
+        "recover"
+    return name, {"name": name, "reference_map50_95": ref, "start_map50_95": now, "points_below": below}
 
 
 def _results(path: Path) -> list[dict[str, float]]:
