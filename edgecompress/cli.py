@@ -1,6 +1,7 @@
 """`compress`: the command line. Flags are a shorthand for a recipe; `--recipe FILE` loads a whole one.
 
-Subcommands, chosen by the first word: `compress targets`, `compress bench ARTIFACT` (numpy, OpenCV, pyyaml and
+Subcommands, chosen by the first word: `compress search` (the fastest artifact within an accuracy budget),
+`compress targets`, `compress bench ARTIFACT` (numpy, OpenCV, pyyaml and
 the artifact's runtime only: it runs on the device) and `compress report RUN_OR_BENCH ...`.
 
 Exit status: 0 when every gate holds, 1 when a gate fails, 2 on bad input or a fault of the machine or dataset,
@@ -24,6 +25,8 @@ EPILOG = """examples:
   compress                                   run the embedded demo (a small raccoon model and dataset)
   compress --model best.pt --data data.yaml --target x86
   compress --recipe release.yaml --max-map-drop 1.0 --max-latency-ms 30
+  compress search --model best.pt --data data.yaml --target x86 --max-map-drop 1.0 --budget 3h
+                                             the fastest artifact within 1 mAP50-95 point (search.md)
   compress targets                           list the targets and whether each runtime is usable here
   compress bench model.onnx --data data.yaml time an artifact on this device (bench.json, bench.md)
   compress report out-x86 out-arm bench-pi5  compare runs and on-device benchmarks (report.md, plots)
@@ -124,6 +127,76 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compress search", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search image size, pruning, precision and fine-tuning for the fastest artifact within an "
+                    "accuracy budget (or the most accurate under a latency), each candidate measured in the target's "
+                    "runtime. With no --model, a small search on the embedded demo.",
+        epilog="exit status: 0 an artifact meets the goal (search.md says which), 1 none does, 2 bad input, "
+               "3 internal error, 130 interrupted (rerun the same command: finished trials are kept)")
+    p.add_argument("--model", metavar="PT", help="trained Ultralytics detection checkpoint; omit for the demo")
+    p.add_argument("--data", metavar="YAML", help="the dataset YAML the model was trained on")
+    p.add_argument("--target", metavar="NAME", help="deployment target (compress targets lists them)")
+    p.add_argument("--recipe", metavar="YAML", help="recipe file (its search: section sets the space); flags override")
+    p.add_argument("--out", metavar="DIR", default="search-out",
+                   help="output folder; rerunning into it resumes, reusing finished trials (default: %(default)s)")
+    p.add_argument("--imgsz", metavar="N", type=int, help="the size the model was trained at (default 640): the "
+                   "reference, and the largest size tried")
+    p.add_argument("--device", metavar="cpu|0|mps", help="device for PyTorch work (default cpu)")
+    p.add_argument("--max-map-drop", metavar="PTS", type=float, help="mAP50-95 points the artifact may lose against "
+                   "the unpruned float model at the trained size (default 1.0)")
+    p.add_argument("--max-latency-ms", metavar="MS", type=float, help="instead: the most accurate artifact whose "
+                   "end-to-end p50 is under this")
+    p.add_argument("--budget", metavar="N|MINm|Hh", help="stop starting trials after N trials, or MIN minutes / H hours")
+    p.add_argument("--executor", choices=("auto", "ray", "sequential"),
+                   help="where trials run: ray (local, or --ray-address), sequential (this process); auto: ray when "
+                        "installed")
+    p.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster to run trials on ('auto', ray://host:10001)")
+    p.add_argument("--workers", metavar="N", type=int, help="trials at once on Ray (default 1)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle the checkpoint fully (as compress)")
+    p.add_argument("--json-progress", metavar="FILE", help="also write progress as JSON lines to FILE ('-': stderr)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def search(args: argparse.Namespace) -> int:
+    from edgecompress import progress
+    from edgecompress.recipe import Recipe
+    from edgecompress.search.config import parse_budget
+    from edgecompress.search.search import search as run_search
+
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
+    flags = {"model": args.model, "data": args.data, "target": args.target, "imgsz": args.imgsz, "device": args.device,
+             "search.max_map_drop": args.max_map_drop, "search.max_latency_ms": args.max_latency_ms,
+             "search.executor": args.executor, "search.ray_address": args.ray_address,
+             "search.workers": args.workers,
+             **({f"search.{k}": v for k, v in parse_budget(args.budget).items()} if args.budget else {})}
+    given = {k: str(Path(v).expanduser().resolve()) if k in ("model", "data") else v for k, v in flags.items()
+             if v is not None}
+    recipe = recipe.with_overrides(**given) if given else recipe
+    screen = progress.Terminal(sys.stderr) if sys.stderr.isatty() else progress.Lines(sys.stderr)
+    with contextlib.ExitStack() as stack:
+        sinks: list[progress.Sink] = [screen]
+        if args.json_progress:
+            stream = sys.stderr if args.json_progress == "-" else stack.enter_context(open(args.json_progress, "w"))
+            sinks.append(progress.JsonLines(stream))
+        stack.enter_context(progress.reporting(*sinks))
+        result = run_search(recipe, Path(args.out), trust_checkpoint=args.trust_checkpoint)
+    out = Path(args.out)
+    chosen = next((t for t in result["trials"] if t["id"] == result["chosen"]), None)
+    print(f"\nsearch: {out / 'search.md'} (and search.json, search.png); {len(result['trials'])} candidates, "
+          f"{result['trials_run']} trials run, {result['seconds'] / 60:.1f} min; stopped: {result['stopped']}")
+    if not chosen:
+        print("no candidate meets the goal; see search.md", file=sys.stderr)
+        return 1
+    ref = result["reference"]
+    print(f"chosen: {chosen['imgsz']} px, {chosen['prune']:.0%} FLOPs pruned, {chosen['precision']}: mAP50-95 "
+          f"{chosen['map50_95']:.4f} ({100 * (chosen['map50_95'] - ref['map50_95']):+.2f}), p50 {chosen['p50_ms']:.1f} "
+          f"ms ({ref['p50_ms'] / chosen['p50_ms']:.2f}x the unpruned float model); artifact: {out / result['artifact']}")
+    return 0
+
+
 def targets_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compress targets",
                                 description="List the deployment targets and whether each runtime is usable here.")
@@ -209,6 +282,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    "search": (search_parser, search),
     "targets": (targets_parser, targets),
     "bench": (bench_parser, bench),
     "report": (report_parser, report),

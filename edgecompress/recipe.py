@@ -17,6 +17,7 @@ from edgecompress.config import ConfigError, from_dict, require, to_dict
 from edgecompress.device.timing import BenchConfig
 from edgecompress.prune.config import PruneConfig
 from edgecompress.quantize.config import QuantConfig
+from edgecompress.search.config import SearchConfig
 from edgecompress.targets import get_target
 from edgecompress.targets.frame import FrameConfig
 from edgecompress.yolo.config import FinetuneConfig
@@ -65,6 +66,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     gates: Gates = field(default_factory=Gates)
+    search: SearchConfig = field(default_factory=SearchConfig)  # what `compress search` explores and its budget
 
     def __post_init__(self) -> None:
         require(32 <= self.imgsz <= 4096 and self.imgsz % 32 == 0,

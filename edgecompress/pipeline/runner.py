@@ -174,7 +174,7 @@ class Runner:
         with progress.stage(stage.name):
             progress.emit({"event": "stage"})
             entry = self.cache.stage(stage.name, stage.key(parent, run), lambda folder: stage.run(parent, folder, run))
-            folder = str(entry.folder.relative_to(self.out))
+            folder = os.path.relpath(entry.folder, self.out)  # a search's shared cache lies beside
             progress.emit({"event": "stage_end", "reused": entry.reused, "seconds": entry.seconds, "folder": folder,
                            "summary": stage.summary(entry.info)})
         self.manifest.append({"stage": stage.name, "key": entry.key, "folder": folder,
@@ -204,16 +204,16 @@ class Runner:
 
         stem = f"{run.checkpoint.stem}-{self.target.name}-{last.precision}"
         if stage.publishes_folder:
-            return [_copy_over(entry.folder, self.out / f"{stem}-{stage.name}-bundle")]
+            return [copy_over(entry.folder, self.out / f"{stem}-{stage.name}-bundle")]
         runtime = RUNTIMES[last.runtime]  # named with the ending Ultralytics' AutoBackend reads
         if "frame" not in last.info:
-            return [_copy_over(last.path, runtime.artifact_path(self.out, stem))]
+            return [copy_over(last.path, runtime.artifact_path(self.out, stem))]
         suffix = run.recipe.frame.suffix
-        return [_copy_over(last.path, runtime.artifact_path(self.out, f"{stem}{suffix}")),
-                _copy_over(last.sources["network"], runtime.artifact_path(self.out, stem))]
+        return [copy_over(last.path, runtime.artifact_path(self.out, f"{stem}{suffix}")),
+                copy_over(last.sources["network"], runtime.artifact_path(self.out, stem))]
 
 
-def _copy_over(path: Path, dest: Path) -> Path:
+def copy_over(path: Path, dest: Path) -> Path:
     """Copy a file or folder to `dest` through a temporary name, so that `dest` is never half written."""
     tmp = dest.with_name(f".tmp-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)

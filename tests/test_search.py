@@ -1,0 +1,99 @@
+"""`compress search` on the demo at tiny sizes: real trials (pruning, export, onnxruntime, Ultralytics' own exports),
+on a local Ray with two workers and in this process without Ray, a killed search resumed, and the rules it spends its
+budget by."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import FAST_BENCH
+
+from edgecompress.config import ConfigError
+from edgecompress.recipe import Recipe
+from edgecompress.search.config import SearchConfig, parse_budget
+from edgecompress.search.report import pareto
+from edgecompress.search.search import search
+
+# two candidates at 64 px: unpruned and 30% pruned, in FP32 (INT8's calibration is tested elsewhere)
+TINY = {"imgsz": 64, "target": "onnx", "bench": FAST_BENCH, "prune": {"sensitivity_images": 2},
+        "search": {"imgsz": [64], "prune": [0.0, 0.3], "precision": ["fp32"], "rungs": [1], "max_map_drop": 100.0}}
+
+
+def tiny_recipe(demo: tuple[Path, Path], **search: object) -> Recipe:
+    return Recipe.from_dict({**TINY, "model": str(demo[0]), "data": str(demo[1]),
+                             "search": {**TINY["search"], **search}})
+
+
+def test_search_runs_its_trials_on_a_local_ray_with_two_workers_and_reuses_them(demo, tmp_path):
+    pytest.importorskip("ray")
+    recipe = tiny_recipe(demo, executor="ray", workers=2, ultralytics=False)
+    result = search(recipe, tmp_path)
+    assert result["executor"] == "ray" and result["trials_run"] == 2
+    assert {(t["imgsz"], t["prune"], t["rung"]) for t in result["trials"]} == {(64, 0.0, 0), (64, 0.3, 0)}
+    chosen = next(t for t in result["trials"] if t["id"] == result["chosen"])  # everything is within 100 points
+    assert chosen["p50_ms"] == min(t["p50_ms"] for t in result["trials"])
+    assert (tmp_path / result["artifact"]).is_file() and (tmp_path / "search.png").is_file()
+    assert "| **chosen** | 64 |" in (tmp_path / "search.md").read_text()
+    again = search(tiny_recipe(demo, executor="sequential", ultralytics=False), tmp_path)
+    assert again["trials_run"] == 0 and all(t["reused"] for t in again["trials"])
+    assert again["chosen"] == result["chosen"]
+
+
+def test_a_killed_search_without_ray_resumes_without_rerunning_finished_trials(demo, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "search": {**TINY["search"], "executor": "auto"}}))
+    hide_ray = ("import sys; sys.modules['ray'] = None; from edgecompress.cli import main; "
+                "sys.exit(main(sys.argv[1:]))")
+    command = [sys.executable, "-c", hide_ray, "search", "--model", str(demo[0]), "--data", str(demo[1]),
+               "--recipe", str(recipe), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not _candidates_done(tmp_path / "out") and time.time() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    _, stderr = first.communicate()
+    done = _candidates_done(tmp_path / "out")
+    assert "Ray is not installed (pip install 'edgecompress[ray]')" in stderr
+    assert done, stderr[-2000:]
+    finished = {p: p.stat().st_mtime_ns for p in done}
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # read back, not run again
+    result = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert result["executor"] == "sequential" and len(result["trials"]) == 2
+    assert result["trials_run"] == 2 - len(finished) and result["ultralytics"]  # Ultralytics' exports, measured
+    assert {u["name"] for u in result["ultralytics"]} == {"ultralytics-onnx-fp32", "ultralytics-onnx-int8"}
+
+
+def _candidates_done(out: Path) -> list[Path]:
+    return [p for p in out.glob("trials/*/trial.json") if json.loads(p.read_text())["kind"] == "candidate"]
+
+
+def test_budget_and_search_settings_are_checked_with_what_to_write_instead():
+    assert parse_budget("40") == {"budget_trials": 40}
+    assert parse_budget("90m") == {"budget_minutes": 90.0} and parse_budget("2h") == {"budget_minutes": 120.0}
+    for bad in ("0", "ten", "-3m"):
+        with pytest.raises(ConfigError, match="trials \\(40\\), minutes \\(90m\\)"):
+            parse_budget(bad)
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        SearchConfig(imgsz=(600,))
+    with pytest.raises(ConfigError, match="rising epoch ceilings"):
+        SearchConfig(rungs=(30, 5))
+    with pytest.raises(ConfigError, match="unknown key 'budget'.*did you mean"):
+        Recipe.from_dict({"search": {"budget": 3}})
+    assert SearchConfig().sizes(640) == (640, 576, 512, 448)
+
+
+def test_pareto_front_keeps_only_trials_nothing_beats_on_both():
+    trials = [{"p50_ms": 10, "map50_95": 0.50}, {"p50_ms": 12, "map50_95": 0.49}, {"p50_ms": 8, "map50_95": 0.40},
+              {"p50_ms": 15, "map50_95": 0.60}]
+    assert [t["p50_ms"] for t in pareto(trials)] == [8, 10, 15]
