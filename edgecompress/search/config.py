@@ -42,7 +42,8 @@ class SearchConfig:
             require(32 <= size <= 4096 and size % 32 == 0,
                     f"search.imgsz {size} is not a multiple of 32 between 32 and 4096; try {max(32, size // 32 * 32)}")
         require(all(0 <= p < 0.95 for p in self.prune) and len(set(self.prune)) == len(self.prune) and self.prune,
-                f"search.prune lists distinct FLOPs fractions in [0, 0.95), e.g. [0, 0.25, 0.4]; got {list(self.prune)}")
+                f"search.prune lists distinct FLOPs fractions in [0, 0.95), e.g. [0, 0.25, 0.4]; "
+                f"got {list(self.prune)}")
         unknown = set(self.precision) - set(PRECISIONS)
         require(not unknown, f"search.precision: {sorted(unknown)} unknown; choose from {', '.join(PRECISIONS)}")
         require(all(r >= 1 for r in self.rungs) and list(self.rungs) == sorted(set(self.rungs)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,91 +137,117 @@ def trial_recipe(recipe: Recipe, candidate: dict[str, Any], finetune: dict[str, 
 def search(recipe: Recipe, out: Path, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Run the search of `recipe.search` into `out` (resuming one killed there), publish the chosen artifact and
     write search.json, search.md and search.png; returns search.json as a dict."""
-    from edgecompress.pipeline.runner import copy_over, demo_paths
-    from edgecompress.search.report import write
+    from edgecompress.pipeline.runner import demo_paths
 
     if recipe.is_demo:
         model, data = demo_paths()
         space = {f"search.{k}": v for k, v in DEMO.items()
                  if getattr(recipe.search, k) == getattr(SearchConfig(), k)}
         recipe = recipe.with_overrides(model=str(model), data=str(data), **space)
-    config, out = recipe.search, Path(out).resolve()
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    chosen_executor, note = executor(config.executor)
-    state = State(config, time.time())
-    if note:
-        state.say(note)
-    root = str(out)
-
-    def run(trials: list[Trial], what: str) -> list[Result]:
-        jobs, results = [Job(t, root, trust_checkpoint) for t in trials], []
-        todo = []
-        for job in jobs:
-            if (done := finished(job)) is not None:
-                results.append(Result(done))
-            else:
-                todo.append(job)
-        with progress.task(what, total=len(jobs), unit="trial", each=True) as task:
-            task.advance(len(results))
-            for raw in chosen_executor.run(todo, state.more, config.workers, recipe.device, config.ray_address):
-                state.ran += raw["kind"] == "candidate"  # the budget counts candidates, not the references
-                result = Result(raw)
-                results.append(result)
-                task.advance(**{k: v for k, v in result.candidate.items()},
-                                **({"mAP50-95": round(result.map, 4), "p50 ms": round(result.latency, 1)}
-                                   if result.raw["kind"] != "ultralytics" else {}))
-        for result in results:
-            state.results[result.id] = result
-        return results
-
-    reference_candidate = {"imgsz": recipe.imgsz, "prune": 0.0,
-                           "precision": next(p for p in get_target(recipe.target).precisions if p != "int8")}
-    references = [Trial("reference", trial_recipe(recipe, reference_candidate, {}),
-                        candidate=tuple(reference_candidate.items()))]
-    if config.ultralytics and has_references(recipe.target):
-        references.append(Trial("ultralytics", trial_recipe(recipe, reference_candidate, {}),
-                                candidate=tuple(reference_candidate.items())))
     with progress.stage("search"):
-        done = run(references, "references")
-        if not done or done[0].raw["kind"] != "reference":
-            raise UserError("the search's budget ended before its reference was measured; give a larger --budget")
-        reference = done[0]
+        return Search(recipe, out, trust_checkpoint).run()
+
+
+class Search:
+    """One search: its recipe, its folder, where trials run and what it knows so far."""
+
+    def __init__(self, recipe: Recipe, out: Path, trust: bool) -> None:
+        self.recipe, self.config, self.out, self.trust = recipe, recipe.search, out, trust
+        self.executor, note = executor(self.config.executor)
+        self.state = State(self.config, time.time())
+        if note:
+            self.state.say(note)
+
+    def run(self) -> dict[str, Any]:
+        config, state = self.config, self.state
+        reference = self.references()
         goal = reference.map - config.max_map_drop / 100
         state.say(f"reference: the unpruned model in {reference.final['runtime']} {reference.final['precision']} at "
-                  f"{recipe.imgsz}: mAP50-95 {reference.map:.4f}, p50 {reference.latency:.1f} ms; "
+                  f"{self.recipe.imgsz} px: mAP50-95 {reference.map:.4f}, p50 {reference.latency:.1f} ms; "
                   + (f"goal: the most accurate under {config.max_latency_ms} ms" if config.max_latency_ms else
                      f"goal: the fastest with mAP50-95 >= {goal:.4f} ({config.max_map_drop} points)"))
-        rung0 = run([Trial("candidate", trial_recipe(recipe, c, {"epochs": 0}), 0, tuple(c.items()))
-                     for c in candidates(recipe, config)], "rung 0: every candidate, no fine-tuning")
-        contenders = _contenders(rung0, state, goal, config, reference)
+        rung0 = self.trials([Trial("candidate", trial_recipe(self.recipe, c, {"epochs": 0}), 0, tuple(c.items()))
+                             for c in candidates(self.recipe, config)], "rung 0: every candidate, no fine-tuning")
+        contenders = _contenders(rung0, state, goal, config)
         for rung, ceiling in enumerate(config.rungs, 1):
             if not contenders or state.stop:
                 break
-            trials = [Trial("candidate", trial_recipe(recipe, r.candidate, {
+            trials = [Trial("candidate", trial_recipe(self.recipe, r.candidate, {
                 "epochs": "auto", "max_epochs": ceiling, "recovered_within": _within(r, goal, config)}), rung,
                 tuple(r.candidate.items())) for r in contenders]
+            before = {t.id: r for t, r in zip(trials, contenders)}  # each trial's result at the rung below
             state.say(f"rung {rung}: fine-tuning {len(trials)} candidate(s) until recovered, at most {ceiling} epochs")
-            tuned = run(trials, f"rung {rung}: fine-tune at most {ceiling} epochs")
-            contenders = _contenders(tuned, state, goal, config, reference, keep=config.keep)
-        if not state.stop:
-            state.stop = "no candidate can still win" if not contenders else "every rung is spent"
+            tuned = self.trials(trials, f"rung {rung}: fine-tune at most {ceiling} epochs",
+                                lambda trial: _can_win(before[trial.id], state, goal, config))
+            contenders = _contenders(tuned, state, goal, config, keep=config.keep)
+        state.stop = state.stop or ("no candidate can still win" if not contenders else "every rung is spent")
         state.say(f"stopped: {state.stop}")
-        chosen = _choose(state, goal, config)
-    measured = [r for r in state.results.values() if r.raw["kind"] == "candidate"]
-    published = None
-    if chosen:
-        trial_folder = out / chosen.raw["folder"]
-        published = copy_over(trial_folder / chosen.raw["final"]["artifact"],
-                              out / chosen.raw["final"]["artifact"]).name
-    result = {"schema": SCHEMA, "recipe": recipe.to_dict(), "executor": type(chosen_executor).__name__.lower(),
-              "seconds": round(time.time() - state.started, 1), "trials_run": state.ran,
-              "goal": {"max_map_drop": config.max_map_drop, "max_latency_ms": config.max_latency_ms,
-                       "map50_95": None if config.max_latency_ms else round(goal, 4)},
-              "reference": _summary(reference), "ultralytics": _ultralytics(state),
-              "trials": [_summary(r) for r in measured], "chosen": chosen.id if chosen else None,
-              "artifact": published, "stopped": state.stop, "log": state.log}
-    write(result, out)
-    return result
+        return self.publish(reference, goal, _choose(state, goal, config))
+
+    def references(self) -> Result:
+        """Measure the reference (and Ultralytics' exports, where the target has them); the reference's result."""
+        target = get_target(self.recipe.target)
+        float_ = {"imgsz": self.recipe.imgsz, "prune": 0.0,
+                  "precision": next(p for p in target.precisions if p != "int8")}
+        trials = [Trial(kind, trial_recipe(self.recipe, float_, {}), candidate=tuple(float_.items()))
+                  for kind in ("reference", "ultralytics")
+                  if kind == "reference" or (self.config.ultralytics and has_references(target.name))]
+        done = self.trials(trials, "references")
+        if not done or done[0].raw["kind"] != "reference":
+            raise UserError("the search's budget ended before its reference was measured; give a larger --budget")
+        return done[0]
+
+    def trials(self, trials: list[Trial], what: str,
+               wanted: Callable[[Trial], bool] = lambda trial: True) -> list[Result]:
+        """The results of `trials`: read back where they ran before, else run while the budget lasts and while
+        `wanted` (asked just before each starts, after every result so far) says it can still win."""
+        state, root = self.state, str(self.out)
+        results = [Result(done) for t in trials if (done := finished(Job(t, root, self.trust))) is not None]
+        state.results.update((r.id, r) for r in results)
+        queue = [t for t in trials if t.id not in state.results]
+
+        def next_job() -> Job | None:
+            while queue and state.more():
+                if wanted(trial := queue.pop(0)):
+                    return Job(trial, root, self.trust)
+                state.say(f"skipped {_name(dict(trial.candidate))} at rung {trial.rung}: it can no longer win")
+            return None
+
+        with progress.task(what, total=len(trials), unit="trial", each=True) as task:
+            task.advance(len(results))
+            for raw in self.executor.run(next_job, self.config.workers, self.recipe.device, self.config.ray_address):
+                state.ran += raw["kind"] == "candidate"  # the budget counts candidates, not the references
+                result = state.results[raw["id"]] = Result(raw)
+                results.append(result)
+                measured = {"mAP50-95": round(result.map, 4), "p50 ms": round(result.latency, 1)}
+                task.advance(**result.candidate, **(measured if raw["kind"] != "ultralytics" else {}))
+        return results
+
+    def publish(self, reference: Result, goal: float, chosen: Result | None) -> dict[str, Any]:
+        """Copy the chosen trial's published files (its artifact, and beside one with the frame inside its network)
+        to the top of the search's folder, and write the search's report."""
+        from edgecompress.pipeline.runner import copy_over
+        from edgecompress.search.report import write
+
+        config, state = self.config, self.state
+        published = None
+        if chosen:
+            final = chosen.raw["final"]
+            for name in [final[k] for k in ("artifact", "network") if k in final]:
+                copy_over(self.out / chosen.raw["folder"] / name, self.out / name)
+            published = final["artifact"]
+        result = {"schema": SCHEMA, "recipe": self.recipe.to_dict(), "executor": type(self.executor).__name__.lower(),
+                  "seconds": round(time.time() - state.started, 1), "trials_run": state.ran,
+                  "goal": {"max_map_drop": config.max_map_drop, "max_latency_ms": config.max_latency_ms,
+                           "map50_95": None if config.max_latency_ms else round(goal, 4)},
+                  "reference": _summary(reference), "ultralytics": _ultralytics(state),
+                  "trials": [_summary(r) for r in state.results.values() if r.raw["kind"] == "candidate"],
+                  "chosen": chosen.id if chosen else None, "artifact": published, "stopped": state.stop,
+                  "log": state.log}
+        write(result, self.out)
+        return result
 
 
 def _feasible(result: Result, goal: float, config: SearchConfig) -> bool:
@@ -236,7 +263,14 @@ def _choose(state: State, goal: float, config: SearchConfig) -> Result | None:
     return max(ok, key=lambda r: r.map) if config.max_latency_ms else min(ok, key=lambda r: r.latency)
 
 
-def _contenders(results: list[Result], state: State, goal: float, config: SearchConfig, reference: Result,
+def _can_win(result: Result, state: State, goal: float, config: SearchConfig) -> bool:
+    """Whether fine-tuning the candidate of `result` could still beat the best so far: under a latency, always (its
+    accuracy is what fine-tuning changes); within an accuracy budget, while it is faster."""
+    best = _choose(state, goal, config)
+    return bool(config.max_latency_ms) or best is None or result.latency < best.latency
+
+
+def _contenders(results: list[Result], state: State, goal: float, config: SearchConfig,
                 keep: float = 1.0) -> list[Result]:
     """The pruned candidates among `results` that fine-tuning (longer) could still make the winner."""
     best = _choose(state, goal, config)
@@ -247,12 +281,12 @@ def _contenders(results: list[Result], state: State, goal: float, config: Search
         if config.max_latency_ms:
             if r.latency <= config.max_latency_ms and (best is None or r is best or r.map <= best.map):
                 open_.append(r)  # under the latency; more epochs may make it the most accurate
-        elif r.map < goal and (best is None or r.latency < best.latency):
+        elif r.map < goal and _can_win(r, state, goal, config):
             open_.append(r)  # faster than the best within budget, not within it yet
     open_.sort(key=lambda r: -r.map)
     kept = open_[:math.ceil(keep * len(open_))]
     if best:
-        state.say(f"best so far: {_name(best)}, mAP50-95 {best.map:.4f}, p50 {best.latency:.1f} ms")
+        state.say(f"best so far: {_name(best.candidate)}, mAP50-95 {best.map:.4f}, p50 {best.latency:.1f} ms")
     if dropped := len(open_) - len(kept):
         state.say(f"successive halving: {dropped} of {len(open_)} candidates dropped (the lowest mAP50-95)")
     return kept
@@ -267,9 +301,8 @@ def _within(result: Result, goal: float, config: SearchConfig) -> float:
     return round(max(0.0, 100 * (result.baseline_map - goal - conversion)), 3)
 
 
-def _name(result: Result) -> str:
-    c = result.candidate
-    return f"{c['imgsz']} px, -{c['prune']:.0%} FLOPs, {c['precision']}"
+def _name(candidate: dict[str, Any]) -> str:
+    return f"{candidate['imgsz']} px, -{candidate['prune']:.0%} FLOPs, {candidate['precision']}"
 
 
 def _summary(result: Result) -> dict[str, Any]:

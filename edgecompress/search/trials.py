@@ -83,12 +83,13 @@ def _run(job: Job, threads: int) -> dict[str, Any]:
 
 
 class Executor:
-    """Runs jobs, yielding each result as it finishes; starts a job only while `more()` allows (the budget)."""
+    """Runs the jobs `next_job()` hands out (None: no more, by the budget or because none can still win), yielding
+    each result as it finishes; the search records it before asking for the next job."""
 
     def unusable(self) -> str | None:
         return None
 
-    def run(self, jobs: list[Job], more: Callable[[], bool], workers: int, device: str,
+    def run(self, next_job: Callable[[], Job | None], workers: int, device: str,
             address: str | None) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
 
@@ -98,22 +99,21 @@ EXECUTORS: Registry[Executor] = Registry("search executor")
 
 @EXECUTORS.register("sequential")
 class Sequential(Executor):
-    """One trial after another, in this process."""
+    """One trial after another, in this process, on every core."""
 
-    def run(self, jobs: list[Job], more: Callable[[], bool], workers: int, device: str,
+    def run(self, next_job: Callable[[], Job | None], workers: int, device: str,
             address: str | None) -> Iterator[dict[str, Any]]:
         from edgecompress.yolo.patches import cpu_threads
 
-        for job in jobs:
-            if not more():
-                return
+        while job := next_job():
             yield run_job(job, cpu_threads())
 
 
 @EXECUTORS.register("ray")
 class Ray(Executor):
-    """Trials as Ray tasks, `workers` at a time: a local Ray started here, or the cluster at `address`. A trial on a
-    GPU device takes one GPU (Ray sets CUDA_VISIBLE_DEVICES, so the trial's device is index 0)."""
+    """Trials as Ray tasks, `workers` at a time, each on its share of the CPUs: a local Ray started here, or the
+    cluster at `address`. A trial on a GPU device takes one GPU (Ray sets CUDA_VISIBLE_DEVICES, so the trial's
+    device is index 0)."""
 
     INSTALL = "pip install 'edgecompress[ray]'"
 
@@ -124,7 +124,7 @@ class Ray(Executor):
             return f"Ray is not installed ({self.INSTALL}); trials run one after another in this process"
         return None
 
-    def run(self, jobs: list[Job], more: Callable[[], bool], workers: int, device: str,
+    def run(self, next_job: Callable[[], Job | None], workers: int, device: str,
             address: str | None) -> Iterator[dict[str, Any]]:
         import ray
 
@@ -135,13 +135,12 @@ class Ray(Executor):
             ray.init(num_cpus=os.cpu_count(), object_store_memory=128 * 2**20, include_dashboard=False,
                      log_to_driver=False, runtime_env={"env_vars": env})
         try:
-            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers) if address else \
-                max(1, (os.cpu_count() or 1) // workers)
+            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
             task = ray.remote(num_cpus=cpus, num_gpus=0 if device in ("cpu", "mps") else 1, max_retries=0)(run_job)
-            queue, pending = list(jobs), []
-            while queue or pending:
-                while queue and len(pending) < workers and more():
-                    pending.append(task.remote(queue.pop(0), cpus))
+            pending: list[Any] = []
+            while True:
+                while len(pending) < workers and (job := next_job()):
+                    pending.append(task.remote(job, cpus))
                 if not pending:
                     return
                 done, pending = ray.wait(pending, num_returns=1)
