@@ -20,7 +20,7 @@ from edgecompress.config import ConfigError
 from edgecompress.recipe import Recipe
 from edgecompress.search.config import SearchConfig, parse_budget
 from edgecompress.search.report import pareto
-from edgecompress.search.search import search
+from edgecompress.search.search import Result, State, _contenders, search
 
 # two candidates at 64 px: unpruned and 30% pruned, in FP32 (INT8's calibration is tested elsewhere)
 TINY = {"imgsz": 64, "target": "onnx", "bench": FAST_BENCH, "prune": {"sensitivity_images": 2},
@@ -97,3 +97,34 @@ def test_pareto_front_keeps_only_trials_nothing_beats_on_both():
     trials = [{"p50_ms": 10, "map50_95": 0.50}, {"p50_ms": 12, "map50_95": 0.49}, {"p50_ms": 8, "map50_95": 0.40},
               {"p50_ms": 15, "map50_95": 0.60}]
     assert [t["p50_ms"] for t in pareto(trials)] == [8, 10, 15]
+
+
+def _result(prune: float, map50_95: float, p50: float, stopped: str | None = None) -> Result:
+    """A finished trial as trial.json holds it: the torch baseline, the pruned (and fine-tuned) model, the artifact."""
+    row = lambda name, runtime, m, info=None: {  # noqa: E731
+        "name": name, "runtime": runtime, "precision": "fp32", "parameters": 1, "gflops": 1.0, "info": info or {},
+        "accuracy": {"map50_95": m}, "benchmark": {"file_mb": 1.0, "end_to_end": {"p50_ms": p50},
+                                                   "inference": {"p50_ms": p50}}}
+    tuned = [row("finetune", "torch", map50_95 + 0.002, {"epochs_log": [{}] * 5, "stopped": stopped})] \
+        if stopped else []
+    stages = [row("baseline", "torch", 0.60), row("prune", "torch", map50_95), *tuned,
+              row("openvino-int8", "openvino", map50_95)]
+    return Result({"id": f"{prune}-{p50}", "kind": "candidate", "rung": int(bool(stopped)), "seconds": 1.0,
+                   "reused": False, "folder": "", "candidate": {"imgsz": 640, "prune": prune, "precision": "int8"},
+                   "final": {"stage": "openvino-int8"}, "stages": stages})
+
+
+def test_only_pruned_candidates_faster_than_the_best_within_budget_go_on_and_halving_keeps_the_better():
+    config = SearchConfig(max_map_drop=1.0, keep=0.5)
+    goal = 0.60 - 0.01
+    state = State(config, time.time())
+    unpruned = _result(0.0, 0.595, 20.0)  # within budget: the best so far
+    slower = _result(0.2, 0.50, 25.0)  # short of the goal, but slower than the best: cannot win
+    fast = [_result(0.4, 0.55, 12.0), _result(0.5, 0.45, 10.0), _result(0.6, 0.40, 8.0)]
+    state.results.update((r.id, r) for r in [unpruned, slower, *fast])
+    assert _contenders([unpruned, slower, *fast], state, goal, config) == fast  # the best first
+    ceiling, recovered = _result(0.4, 0.57, 12.0, "the ceiling, 5 epochs"), _result(0.5, 0.56, 10.0, "recovered")
+    still = [ceiling, _result(0.6, 0.52, 8.0, "the ceiling, 5 epochs"), recovered]
+    state.results.update((r.id, r) for r in still)
+    # fine-tuning that ended for good (recovered) does not go on; of the two at the ceiling, the better half does
+    assert _contenders(still, state, goal, config, keep=0.5) == [ceiling]
