@@ -57,7 +57,8 @@ def main() -> None:
             final = next(s for s in t["stages"] if s["name"] == t["final"]["stage"])
             network = final["info"].get("network", final["name"])
             rows["chosen"] = (next(s for s in t["stages"] if s["name"] == network), t["candidate"]["imgsz"])
-    p50 = interleaved_p50({name: (Path(s["artifact"]), s["runtime"], size) for name, (s, size) in rows.items()})
+    p50 = interleaved_p50({name: (Path(s["benchmark"]["artifact"]), s["runtime"], size)
+                           for name, (s, size) in rows.items()})
     maps = {name: s["accuracy"]["map50_95"] for name, (s, _) in rows.items()}
     fp32 = next(n for n in rows if n.startswith("ultralytics") and n.endswith("fp32"))
     int8 = next((n for n in rows if n.startswith("ultralytics") and n.endswith("int8")), fp32)
