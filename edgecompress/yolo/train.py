@@ -8,6 +8,7 @@ holds when Ultralytics re-creates the trainer in a DDP subprocess. The schedules
 
 from __future__ import annotations
 
+import copy
 import csv
 import errno
 import resource
@@ -162,8 +163,8 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
     trainer_cls = type("Trainer", (KeepModelTrainer,), {"regulariser": staticmethod(regulariser),
                                                         "qat_batches": qat_batches, "freeze_bn": settings["freeze_bn"]})
     trainer = trainer_cls(overrides=overrides)
-    stop = _Recovered(chosen["reference_map50_95"] - config.recovered_within / 100) if config.epochs == "auto" \
-        else None
+    stop = _Recovered(chosen["reference_map50_95"] - config.recovered_within / 100, evaluate, workdir) \
+        if config.epochs == "auto" else None
     t0 = time.time()
     name = "QAT" if qat_batches else "fine-tune"
     with progress.task(name, total=config.ceiling, unit="epoch", each=True) as epochs:
@@ -197,16 +198,21 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
 
 
 class _Recovered:
-    """An epoch-end callback that stops the trainer once its val mAP50-95 reaches `goal` (epochs: auto). Ultralytics'
-    validator during training scores the EMA weights at a batch of its own; the goal comes from the pipeline's
-    evaluator, so the two differ only by letterbox padding within a batch."""
+    """An epoch-end callback that stops the trainer once its model reaches `goal` (epochs: auto). Ultralytics'
+    validator during training scores the EMA weights in batches whose letterbox padding differs from the pipeline's
+    batch 1, by a few tenths of a point either way; so when it says the goal is reached, the pipeline's evaluator
+    measures the EMA weights, and only its figure stops the training."""
 
-    def __init__(self, goal: float) -> None:
-        self.goal, self.reason = goal, ""
+    def __init__(self, goal: float, evaluate: Evaluator, workdir: Path) -> None:
+        self.goal, self.evaluate, self.workdir, self.reason = goal, evaluate, workdir, ""
 
     def __call__(self, trainer: Any) -> None:
-        reached = trainer.metrics.get("metrics/mAP50-95(B)", 0.0)
-        if reached >= self.goal and not self.reason:
+        if self.reason or trainer.metrics.get("metrics/mAP50-95(B)", 0.0) < self.goal:
+            return
+        model = copy.deepcopy(trainer.ema.ema)
+        model = getattr(model, "student_model", model).float().eval()  # a distillation wrapper holds the student
+        reached = self.evaluate(model, self.workdir / f"eval_epoch{trainer.epoch + 1}")["map50_95"]
+        if reached >= self.goal:
             self.reason = f"recovered at epoch {trainer.epoch + 1} ({reached:.4f} >= {self.goal:.4f})"
             trainer.stop = True
 
