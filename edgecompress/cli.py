@@ -14,8 +14,8 @@ import argparse
 import contextlib
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from edgecompress import __version__
@@ -97,21 +97,30 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     return recipe.with_overrides(**given) if given else recipe
 
 
-def run(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def showing_progress(json_progress: str | None) -> Iterator[None]:
+    """Progress on standard error (a live line on a terminal, plain lines on a pipe), and as JSON lines to
+    `json_progress` ('-': standard error) when given."""
     from edgecompress import progress
+
+    screen = progress.Terminal(sys.stderr) if sys.stderr.isatty() else progress.Lines(sys.stderr)
+    with contextlib.ExitStack() as stack:
+        sinks: list[progress.Sink] = [screen]
+        if json_progress:
+            stream = sys.stderr if json_progress == "-" else stack.enter_context(open(json_progress, "w"))
+            sinks.append(progress.JsonLines(stream))
+        stack.enter_context(progress.reporting(*sinks))
+        yield
+
+
+def run(args: argparse.Namespace) -> int:
     from edgecompress.pipeline.report import change_points
     from edgecompress.pipeline.runner import Runner
 
     recipe = recipe_from_args(args)
-    screen = progress.Terminal(sys.stderr) if sys.stderr.isatty() else progress.Lines(sys.stderr)
-    sinks: list[progress.Sink] = [screen]
-    with contextlib.ExitStack() as stack:
-        if args.json_progress:
-            stream = sys.stderr if args.json_progress == "-" else stack.enter_context(open(args.json_progress, "w"))
-            sinks.append(progress.JsonLines(stream))
-        with progress.reporting(*sinks):
-            report = Runner(recipe, Path(args.out), trust_checkpoint=args.trust_checkpoint,
-                            echo=sys.stderr if args.verbose or args.debug else None).run()
+    with showing_progress(args.json_progress):
+        report = Runner(recipe, Path(args.out), trust_checkpoint=args.trust_checkpoint,
+                        echo=sys.stderr if args.verbose or args.debug else None).run()
     out = Path(args.out)
     final = report["final"]
     print(f"\nreport: {out / 'report.md'} (and report.json, compress.log); artifact: {out / final['artifact']}"
@@ -161,7 +170,6 @@ def search_parser() -> argparse.ArgumentParser:
 
 
 def search(args: argparse.Namespace) -> int:
-    from edgecompress import progress
     from edgecompress.recipe import Recipe
     from edgecompress.search.config import parse_budget
     from edgecompress.search.search import search as run_search
@@ -175,13 +183,7 @@ def search(args: argparse.Namespace) -> int:
     given = {k: str(Path(v).expanduser().resolve()) if k in ("model", "data") else v for k, v in flags.items()
              if v is not None}
     recipe = recipe.with_overrides(**given) if given else recipe
-    screen = progress.Terminal(sys.stderr) if sys.stderr.isatty() else progress.Lines(sys.stderr)
-    with contextlib.ExitStack() as stack:
-        sinks: list[progress.Sink] = [screen]
-        if args.json_progress:
-            stream = sys.stderr if args.json_progress == "-" else stack.enter_context(open(args.json_progress, "w"))
-            sinks.append(progress.JsonLines(stream))
-        stack.enter_context(progress.reporting(*sinks))
+    with showing_progress(args.json_progress):
         result = run_search(recipe, Path(args.out), trust_checkpoint=args.trust_checkpoint)
     out = Path(args.out)
     chosen = next((t for t in result["trials"] if t["id"] == result["chosen"]), None)

@@ -157,11 +157,13 @@ def search(recipe: Recipe, out: Path, trust_checkpoint: bool = False) -> dict[st
         default = all(getattr(recipe.search, k) == getattr(SearchConfig(), k) for k in ("imgsz", "prune", "rungs"))
         recipe = recipe.with_overrides(model=str(model), data=str(data), **(DEMO if default else {}))
     out = Path(out).resolve()
+    search = Search(recipe, out, trust_checkpoint)
     folder = OutputFolder(out, Path(recipe.model).resolve())  # ours, and one search at a time
     try:
         with progress.stage("search"):
-            return Search(recipe, out, trust_checkpoint).run()
+            return search.run()
     finally:
+        search.executor.close()
         folder.release()
 
 
@@ -276,8 +278,9 @@ class Search:
                 state.ran += raw["kind"] == "candidate"  # the budget counts candidates, not the references
                 result = state.results[raw["id"]] = Result(raw)
                 results.append(result)
-                measured = {"mAP50-95": round(result.map, 4), "p50 ms": round(result.latency, 1)}
-                task.advance(**result.candidate, **(measured if raw["kind"] != "ultralytics" else {}))
+                task.advance(**({"Ultralytics' exports": "measured"} if raw["kind"] == "ultralytics" else
+                                {**result.candidate, "mAP50-95": round(result.map, 4),
+                                 "p50 ms": round(result.latency, 1)}))
         return results
 
     def publish(self, reference: Result, goal: float, chosen: Result | None) -> dict[str, Any]:
@@ -357,7 +360,8 @@ def _within(result: Result, goal: float, config: SearchConfig) -> float:
 
 
 def _name(candidate: dict[str, Any]) -> str:
-    return f"{candidate['imgsz']} px, -{candidate['prune']:.0%} FLOPs, {candidate['precision']}"
+    pruned = f"-{candidate['prune']:.0%} FLOPs" if candidate["prune"] else "unpruned"
+    return f"{candidate['imgsz']} px, {pruned}, {candidate['precision']}"
 
 
 def _summary(result: Result) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -93,6 +94,9 @@ class Executor:
             address: str | None) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what `run` started (once the search ends)."""
+
 
 EXECUTORS: Registry[Executor] = Registry("search executor")
 
@@ -128,25 +132,28 @@ class Ray(Executor):
             address: str | None) -> Iterator[dict[str, Any]]:
         import ray
 
-        env = {"YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "1")}
-        if address:
-            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
-        else:  # the trials pass small dicts: a small object store, no dashboard
-            ray.init(num_cpus=os.cpu_count(), object_store_memory=128 * 2**20, include_dashboard=False,
-                     log_to_driver=False, runtime_env={"env_vars": env})
-        try:
-            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
-            task = ray.remote(num_cpus=cpus, num_gpus=0 if device in ("cpu", "mps") else 1, max_retries=0)(run_job)
-            pending: list[Any] = []
-            while True:
-                while len(pending) < workers and (job := next_job()):
-                    pending.append(task.remote(job, cpus))
-                if not pending:
-                    return
-                done, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(done[0])
-        finally:
-            ray.shutdown()
+        if not ray.is_initialized():  # once per search: its rungs reuse it
+            env = {"YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "1")}
+            quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "runtime_env": {"env_vars": env}}
+            if address:
+                ray.init(address=address, **quiet)
+            else:  # the trials pass small dicts: a small object store, no dashboard
+                ray.init(num_cpus=os.cpu_count(), object_store_memory=128 * 2**20, include_dashboard=False, **quiet)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+        task = ray.remote(num_cpus=cpus, num_gpus=0 if device in ("cpu", "mps") else 1, max_retries=0)(run_job)
+        pending: list[Any] = []
+        while True:
+            while len(pending) < workers and (job := next_job()):
+                pending.append(task.remote(job, cpus))
+            if not pending:
+                return
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
 
 
 def executor(name: str) -> tuple[Executor, str | None]:

@@ -11,8 +11,8 @@ recipe's `finetune` section. Light: no torch, so a recipe validates without load
 
 `epochs: auto` fine-tunes until recovered: it stops once the validation mAP50-95 is within `recovered_within` points of
 the unpruned model (evaluated at the same image size), or after `patience` epochs without a new best, and at
-`max_epochs` at the latest. Short fixed runs stop while mAP is still rising (BENCHMARKS.md, "Fine-tuning until
-recovered").
+`max_epochs` at the latest. Short fixed runs stop while mAP is still rising (BENCHMARKS.md, "yolo11n-bccd at -35%":
+-1.3 points after 5 epochs, -0.45 after 10).
 """
 
 from __future__ import annotations
