@@ -73,6 +73,7 @@ def test_a_killed_search_without_ray_resumes_without_rerunning_finished_trials(d
     assert result["executor"] == "sequential" and len(result["trials"]) == 2
     assert result["trials_run"] == 2 - len(finished) and result["ultralytics"]  # Ultralytics' exports, measured
     assert {u["name"] for u in result["ultralytics"]} == {"ultralytics-onnx-fp32", "ultralytics-onnx-int8"}
+    assert all(u["retimed"] == (result["chosen"] is not None) for u in result["ultralytics"])  # with the finalists
 
 
 def _candidates_done(out: Path) -> list[Path]:
@@ -100,7 +101,7 @@ def test_pareto_front_keeps_only_trials_nothing_beats_on_both():
     assert [t["p50_ms"] for t in pareto(trials)] == [8, 10, 15]
 
 
-def _result(prune: float, map50_95: float, p50: float, stopped: str | None = None) -> Result:
+def _result(prune: float, map50_95: float, p50: float, stopped: str | None = None, imgsz: int = 640) -> Result:
     """A finished trial as trial.json holds it: the torch baseline, the pruned (and fine-tuned) model, the artifact."""
     row = lambda name, runtime, m, info=None: {  # noqa: E731
         "name": name, "runtime": runtime, "precision": "fp32", "parameters": 1, "gflops": 1.0, "info": info or {},
@@ -111,21 +112,30 @@ def _result(prune: float, map50_95: float, p50: float, stopped: str | None = Non
     stages = [row("baseline", "torch", 0.60), row("prune", "torch", map50_95), *tuned,
               row("openvino-int8", "openvino", map50_95)]
     return Result({"id": f"{prune}-{p50}", "kind": "candidate", "rung": int(bool(stopped)), "seconds": 1.0,
-                   "reused": False, "folder": "", "candidate": {"imgsz": 640, "prune": prune, "precision": "int8"},
+                   "reused": False, "folder": "", "candidate": {"imgsz": imgsz, "prune": prune, "precision": "int8"},
                    "final": {"stage": "openvino-int8"}, "stages": stages})
 
 
-def test_only_pruned_candidates_faster_than_the_best_within_budget_go_on_and_halving_keeps_the_better():
+def test_a_fine_tuned_candidate_keeps_the_latency_rung_0_timed_for_its_shapes():
+    state = State(SearchConfig(), time.time())
+    state.record(_result(0.4, 0.55, 12.0).raw)
+    tuned = state.record(_result(0.4, 0.58, 14.0, "the ceiling, 5 epochs").raw)  # its own timing: 14 ms
+    assert tuned.latency == 12.0 and tuned.map == 0.58
+
+
+def test_candidates_that_can_still_win_go_on_and_halving_keeps_the_better():
     config = SearchConfig(max_map_drop=1.0, keep=0.5)
     goal = 0.60 - 0.01
     state = State(config, time.time())
     unpruned = _result(0.0, 0.595, 20.0)  # within budget: the best so far
     slower = _result(0.2, 0.50, 25.0)  # short of the goal, but slower than the best: cannot win
+    intact = _result(0.0, 0.58, 19.0)  # short of the goal at the trained size: nothing to fine-tune
+    smaller = _result(0.0, 0.585, 11.0, imgsz=448)  # unpruned below the trained size: fine-tuned at 448
     fast = [_result(0.4, 0.55, 12.0), _result(0.5, 0.45, 10.0), _result(0.6, 0.40, 8.0)]
-    state.results.update((r.id, r) for r in [unpruned, slower, *fast])
-    assert _contenders([unpruned, slower, *fast], state, goal, config) == fast  # the best first
+    state.results.update((r.id, r) for r in [unpruned, slower, intact, smaller, *fast])
+    assert _contenders([unpruned, slower, intact, smaller, *fast], state, goal, config, 640) == [smaller, *fast]
     ceiling, recovered = _result(0.4, 0.57, 12.0, "the ceiling, 5 epochs"), _result(0.5, 0.56, 10.0, "recovered")
     still = [ceiling, _result(0.6, 0.52, 8.0, "the ceiling, 5 epochs"), recovered]
     state.results.update((r.id, r) for r in still)
     # fine-tuning that ended for good (recovered) does not go on; of the two at the ceiling, the better half does
-    assert _contenders(still, state, goal, config, keep=0.5) == [ceiling]
+    assert _contenders(still, state, goal, config, 640, keep=0.5) == [ceiling]

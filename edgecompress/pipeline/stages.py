@@ -112,7 +112,8 @@ class Finetune(_Train):
         best = max((e.get("metrics/mAP50-95(B)", 0.0) for e in epochs), default=None)
         return (f"{len(epochs)} epochs ({info['schedule']['name']})"
                 + (f", best val mAP50-95 {best:.4f}" if best is not None else "")
-                + (f"; stopped: {info['stopped']}" if "stopped" in info else ""))
+                + (f"; stopped: {info['stopped']}" if "stopped" in info else "")
+                + (f"; kept the starting model: {info['kept_start']}" if "kept_start" in info else ""))
 
 
 class Export(ModelStage):

@@ -76,8 +76,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"**Chosen**: {chosen['imgsz']} px, {chosen['prune']:.0%} of the FLOPs pruned, {chosen['precision']}"
                   + (f", fine-tuned {chosen['epochs']} epochs" if chosen.get("epochs") else "")
                   + f": mAP50-95 {chosen['map50_95']:.4f} ({100 * (chosen['map50_95'] - ref['map50_95']):+.2f} points),"
-                  f" p50 {chosen['p50_ms']:.1f} ms ({ref['p50_ms'] / chosen['p50_ms']:.2f}x the reference); "
-                  f"artifact `{result['artifact']}`, its run in `{chosen['folder']}`.", ""]
+                  f" p50 {chosen['p50_ms']:.1f} ms ({ref['p50_ms'] / chosen['p50_ms']:.2f}x the reference"
+                  + "".join(f", {u['p50_ms'] / chosen['p50_ms']:.2f}x {u['name']}" for u in result["ultralytics"]
+                            if u["retimed"] and chosen["retimed"])
+                  + f"); artifact `{result['artifact']}`, its run in `{chosen['folder']}`.", ""]
     else:
         lines += ["**No candidate meets the goal**: widen search.imgsz or search.prune, raise the budget, or relax "
                   "the goal.", ""]
@@ -92,7 +94,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{t.get('epochs', 0)} | {t['map50_95']:.4f} | {t['p50_ms']:.1f} | {t['inference_p50_ms']:.1f} | "
                      f"{t['gflops']:.2f} | {t['file_mb']:.1f} |")
     if result["ultralytics"]:
-        lines += ["", "Ultralytics' own exports at the trained size, measured the same way:", "",
+        turns = " (p50 timed taking turns with the finalists)" if result["ultralytics"][0]["retimed"] else ""
+        lines += ["", f"Ultralytics' own exports at the trained size, measured the same way{turns}:", "",
                   "| export | mAP50-95 | p50 ms | inference p50 ms |", "|---|---|---|---|"]
         lines += [f"| {u['name']} | {u['map50_95']:.4f} | {u['p50_ms']:.1f} | {u['inference_p50_ms']:.1f} |"
                   for u in result["ultralytics"]]

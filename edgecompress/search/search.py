@@ -2,8 +2,8 @@
 the target's runtime.
 
 Rung 0 measures every candidate (image size x pruning amount x precision) without fine-tuning: its latency is final
-(fine-tuning changes no shape) and its accuracy a floor. Then, rung by rung, the pruned candidates that can still win
-are fine-tuned until recovered, each rung with a higher ceiling of epochs; a candidate goes on only while its
+(fine-tuning changes no shape) and its accuracy a floor. Then, rung by rung, the candidates that can still win (pruned,
+or unpruned below the trained size) are fine-tuned until recovered, each rung with a higher ceiling of epochs; a candidate goes on only while its
 fine-tuning ended at the ceiling (still rising) short of the goal, and only the better `keep` fraction of those does.
 What it tried and why it stopped is in search.json and search.md.
 """
@@ -68,11 +68,13 @@ class Result:
         return self.network["accuracy"]["map50_95"]
 
     retimed: float | None = None  # end-to-end p50 of the finalists timed taking turns (Search.confirm)
+    rung0: float | None = None  # a fine-tuned candidate's end-to-end p50 at rung 0 (State.record)
 
     @property
     def raw_latency(self) -> float:
-        """End-to-end p50 as the trial timed it, alone."""
-        return self.final["benchmark"]["end_to_end"]["p50_ms"]
+        """End-to-end p50 as a trial timed it, alone: a fine-tuned candidate's as rung 0 timed the same shapes (one
+        timing per shape, so noise between two timings of one network cannot reorder candidates)."""
+        return self.rung0 if self.rung0 is not None else self.final["benchmark"]["end_to_end"]["p50_ms"]
 
     @property
     def latency(self) -> float:
@@ -107,6 +109,15 @@ class State:
     results: dict[str, Result] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     stop: str = ""
+    ultralytics_retimed: dict[str, float] = field(default_factory=dict)  # export name: p50 taking turns
+
+    def record(self, raw: dict[str, Any]) -> Result:
+        """Add a finished trial; a fine-tuned candidate takes its latency from rung 0, where its shapes were timed."""
+        result = self.results[raw["id"]] = Result(raw)
+        if result.raw["rung"]:
+            result.rung0 = next(r.raw_latency for r in self.results.values() if r.raw["kind"] == "candidate"
+                                and r.raw["rung"] == 0 and r.candidate == result.candidate)
+        return result
 
     def more(self) -> bool:
         c = self.config
@@ -187,7 +198,7 @@ class Search:
                      f"goal: the fastest with mAP50-95 >= {goal:.4f} ({config.max_map_drop} points)"))
         rung0 = self.trials([Trial("candidate", trial_recipe(self.recipe, c, {"epochs": 0}), 0, tuple(c.items()))
                              for c in candidates(self.recipe, config)], "rung 0: every candidate, no fine-tuning")
-        contenders = _contenders(rung0, state, goal, config)
+        contenders = _contenders(rung0, state, goal, config, self.recipe.imgsz)
         for rung, ceiling in enumerate(config.rungs, 1):
             if not contenders or state.stop:
                 break
@@ -198,16 +209,16 @@ class Search:
             state.say(f"rung {rung}: fine-tuning {len(trials)} candidate(s) until recovered, at most {ceiling} epochs")
             tuned = self.trials(trials, f"rung {rung}: fine-tune at most {ceiling} epochs",
                                 lambda trial: _can_win(before[trial.id], state, goal, config))
-            contenders = _contenders(tuned, state, goal, config, keep=config.keep)
+            contenders = _contenders(tuned, state, goal, config, self.recipe.imgsz, keep=config.keep)
         state.stop = state.stop or ("no candidate can still win" if not contenders else "every rung is spent")
         state.say(f"stopped: {state.stop}")
         self.confirm(goal, reference)
         return self.publish(reference, goal, _choose(state, goal, config))
 
     def confirm(self, goal: float, reference: Result) -> None:
-        """Time the finalists again, end to end, taking turns in this process with the reference, and choose on those
-        times. Each trial timed its artifact alone, at its own moment: on a machine that other work shares, minutes
-        apart, that moves latency by more than the gaps between finalists."""
+        """Time the finalists again, end to end, taking turns in this process with the reference and Ultralytics' exports,
+        and choose on those times. Each trial timed its artifact alone, at its own moment: on a machine that other work
+        shares, minutes apart, that moves latency by more than the gaps between finalists."""
         import itertools
 
         from edgecompress.device.detector import Detector
@@ -227,21 +238,24 @@ class Search:
         if not finalists:
             return
         finalists.append(reference)
+        rows = {r.id: r.final for r in finalists} | {s["name"]: s for s in _ultralytics_rows(self.state)}
         classes = len(load_model(Path(self.recipe.model), self.trust).names)
         images = Dataset.check(self.recipe.data, classes, self.recipe.eval.split).images(self.recipe.eval.split)
         frames, _ = read_images(images[:BENCH_IMAGES])
         steps = {}
-        for r in finalists:
-            bench = r.final["benchmark"]
-            session = RUNTIMES[r.final["runtime"]].load(Path(bench["artifact"]), shared=True)
+        for key, row in rows.items():
+            bench = row["benchmark"]
+            session = RUNTIMES[row["runtime"]].load(Path(bench["artifact"]), shared=True)
             detect, cycle = Detector(session, bench["imgsz"], self.recipe.frame.thresholds), itertools.cycle(frames)
-            steps[r.id] = lambda detect=detect, cycle=cycle: detect(next(cycle))
+            steps[key] = lambda detect=detect, cycle=cycle: detect(next(cycle))
         with progress.task("timing the finalists, taking turns", total=None):
-            times = interleaved(steps, CONFIRM_TURNS)
+            times = {key: round(statistics.median(t), 3) for key, t in interleaved(steps, CONFIRM_TURNS).items()}
         for r in finalists:
-            r.retimed = round(statistics.median(times[r.id]), 3)
+            r.retimed = times.pop(r.id)
+        self.state.ultralytics_retimed = times
         self.state.say("finalists timed again taking turns, end-to-end p50: " + ", ".join(
-            f"{_name(r.candidate)} {r.retimed:.1f} ms (alone: {r.raw_latency:.1f})" for r in finalists))
+            [f"{_name(r.candidate)} {r.retimed:.1f} ms (alone: {r.raw_latency:.1f})" for r in finalists]
+            + [f"{name} {ms:.1f} ms" for name, ms in times.items()]))
 
     def references(self) -> Result:
         """Measure the reference (and Ultralytics' exports, where the target has them); the reference's result."""
@@ -261,8 +275,7 @@ class Search:
         """The results of `trials`: read back where they ran before, else run while the budget lasts and while
         `wanted` (asked just before each starts, after every result so far) says it can still win."""
         state, root = self.state, str(self.out)
-        results = [Result(done) for t in trials if (done := finished(Job(t, root, self.trust))) is not None]
-        state.results.update((r.id, r) for r in results)
+        results = [state.record(done) for t in trials if (done := finished(Job(t, root, self.trust))) is not None]
         queue = [t for t in trials if t.id not in state.results]
 
         def next_job() -> Job | None:
@@ -276,7 +289,7 @@ class Search:
             task.advance(len(results))
             for raw in self.executor.run(next_job, self.config.workers, self.recipe.device, self.config.ray_address):
                 state.ran += raw["kind"] == "candidate"  # the budget counts candidates, not the references
-                result = state.results[raw["id"]] = Result(raw)
+                result = state.record(raw)
                 results.append(result)
                 task.advance(**({"Ultralytics' exports": "measured"} if raw["kind"] == "ultralytics" else
                                 {**result.candidate, "mAP50-95": round(result.map, 4),
@@ -328,13 +341,15 @@ def _can_win(result: Result, state: State, goal: float, config: SearchConfig) ->
     return bool(config.max_latency_ms) or best is None or result.latency < best.latency
 
 
-def _contenders(results: list[Result], state: State, goal: float, config: SearchConfig,
+def _contenders(results: list[Result], state: State, goal: float, config: SearchConfig, trained: int,
                 keep: float = 1.0) -> list[Result]:
-    """The pruned candidates among `results` that fine-tuning (longer) could still make the winner."""
+    """The candidates among `results` that fine-tuning (longer) could still make the winner: the pruned ones, and the
+    unpruned ones below the `trained` image size (fine-tuning at the size deployed adapts the model to it)."""
     best = _choose(state, goal, config)
     open_: list[Result] = []
     for r in results:
-        if r.candidate["prune"] == 0 or r.finetune.get("stopped", "the ceiling").startswith(("recovered", "no new")):
+        intact = r.candidate["prune"] == 0 and r.candidate["imgsz"] == trained
+        if intact or r.finetune.get("stopped", "the ceiling").startswith(("recovered", "no new")):
             continue  # nothing to fine-tune, or fine-tuning ended for good
         if config.max_latency_ms:
             if r.latency <= config.max_latency_ms and (best is None or r is best or r.map <= best.map):
@@ -352,11 +367,12 @@ def _contenders(results: list[Result], state: State, goal: float, config: Search
 
 def _within(result: Result, goal: float, config: SearchConfig) -> float:
     """Fine-tuning's stop, in points below the unpruned model at the candidate's size: what the goal leaves once the
-    export and precision loss measured at rung 0 is paid (0 under a latency goal: recover fully)."""
+    export and precision loss measured at rung 0 is paid, negative where the goal lies above that model (0 under a
+    latency goal: recover fully)."""
     if config.max_latency_ms:
         return 0.0
     conversion = result.torch_map - result.map
-    return round(max(0.0, 100 * (result.baseline_map - goal - conversion)), 3)
+    return round(100 * (result.baseline_map - goal - conversion), 3)
 
 
 def _name(candidate: dict[str, Any]) -> str:
@@ -374,11 +390,15 @@ def _summary(result: Result) -> dict[str, Any]:
             "seconds": result.raw["seconds"], "reused": result.raw["reused"], "folder": result.raw["folder"]}
 
 
+def _ultralytics_rows(state: State) -> list[dict[str, Any]]:
+    """The stage rows of Ultralytics' exports (after the trial's baseline), where the search measured them."""
+    return [s for r in state.results.values() if r.raw["kind"] == "ultralytics" for s in r.raw["stages"][1:]]
+
+
 def _ultralytics(state: State) -> list[dict[str, Any]]:
-    rows = []
-    for r in state.results.values():
-        if r.raw["kind"] == "ultralytics":
-            rows += [{"name": s["name"], "precision": s["precision"], "map50_95": s["accuracy"]["map50_95"],
-                      "p50_ms": s["benchmark"]["end_to_end"]["p50_ms"],
-                      "inference_p50_ms": s["benchmark"]["inference"]["p50_ms"]} for s in r.raw["stages"][1:]]
-    return rows
+    """Ultralytics' exports as reference points, timed taking turns with the finalists where they were."""
+    retimed = state.ultralytics_retimed
+    return [{"name": s["name"], "precision": s["precision"], "map50_95": s["accuracy"]["map50_95"],
+             "p50_ms": retimed.get(s["name"], s["benchmark"]["end_to_end"]["p50_ms"]),
+             "alone_p50_ms": s["benchmark"]["end_to_end"]["p50_ms"], "retimed": s["name"] in retimed,
+             "inference_p50_ms": s["benchmark"]["inference"]["p50_ms"]} for s in _ultralytics_rows(state)]

@@ -38,7 +38,9 @@ class FinetuneConfig:
 
     epochs: int | Literal["auto"] = "auto"  # the stage runs only after pruning, so `--prune X` alone also fine-tunes
     max_epochs: int = 30  # epochs: auto: the ceiling (the trainer's schedule spans it)
-    recovered_within: float = 0.5  # epochs: auto: mAP50-95 points below the unpruned model that count as recovered
+    # epochs: auto: mAP50-95 points below the unpruned model that count as recovered; negative: that many above it
+    # (what `compress search` asks of a candidate whose goal lies above the unpruned model at its image size)
+    recovered_within: float = 0.5
     patience: int = 3  # epochs: auto: stop after this many epochs without a new best val mAP50-95
     schedule: Schedule = "auto"
     preserve_within: float = 1.0  # auto: mAP50-95 points below the reference within which to preserve
@@ -60,8 +62,8 @@ class FinetuneConfig:
         require(self.epochs == "auto" or self.epochs >= 0,
                 f"finetune.epochs must be >= 0 or auto (until recovered), got {self.epochs!r}")
         require(self.max_epochs >= 1, f"finetune.max_epochs must be >= 1, got {self.max_epochs}")
-        require(self.recovered_within >= 0,
-                f"finetune.recovered_within must be >= 0 points, got {self.recovered_within}")
+        require(-100 < self.recovered_within <= 100,
+                f"finetune.recovered_within is in mAP50-95 points, within (-100, 100]; got {self.recovered_within}")
         require(self.patience >= 1, f"finetune.patience must be >= 1 epoch, got {self.patience}")
         require(self.schedule in SCHEDULES or self.schedule == "auto",
                 f"finetune.schedule must be auto, recover or preserve; got {self.schedule!r}")

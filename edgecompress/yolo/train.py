@@ -135,6 +135,9 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
              qat_batches: int = 0) -> tuple[DetectionModel, dict]:
     """Train `model` for `config.epochs` (or until recovered: `epochs: auto`) on the train split of the evaluator's
     dataset, at its image size and on its device; returns the best epoch's model (by val fitness) and a JSON-able info.
+    Where the schedule measured the starting model (auto schedule or epochs), the best epoch is measured too and the
+    starting model returned when it is better (info["kept_start"]): a warm-up can damage a model beyond what a few
+    epochs on a small dataset repair.
 
     `reference` is the unpruned model: the yardstick of schedule auto and of epochs auto (measured with `evaluate`),
     and the teacher when `config.distill`. `qat_batches` > 0 trains with INT8 fake quantization (see
@@ -187,14 +190,19 @@ def finetune(model: DetectionModel, config: FinetuneConfig, evaluate: Evaluator,
                                 f"rerun: the stages finished before it are reused") from e
             raise
     best, _ = load_checkpoint(trainer.best if trainer.best.exists() else trainer.last)
-    best = getattr(best, "student_model", best)  # a distillation checkpoint holds the student inside
+    best = getattr(best, "student_model", best).float().eval()  # a distillation checkpoint holds the student inside
     log = _results(trainer.csv)
     info = {"config": asdict(config), "schedule": {**chosen, "settings": settings},
             "seconds": round(time.time() - t0, 1), "epochs_log": log}
     if stop:
         info["stopped"] = stop.reason or (f"no new best in {config.patience} epochs" if len(log) < config.ceiling
                                           else f"the ceiling, {config.ceiling} epochs")
-    return best.float().eval(), info
+    if "start_map50_95" in chosen and not qat_batches:  # a QAT model must keep its quantizers
+        reached = evaluate(best, workdir / "eval_best")["map50_95"]
+        if reached < chosen["start_map50_95"]:
+            info["kept_start"] = f"no epoch beat the starting model ({reached:.4f} < {chosen['start_map50_95']:.4f})"
+            return model, info
+    return best, info
 
 
 class _Recovered:
