@@ -185,3 +185,11 @@ def test_iterative_pruning_fine_tunes_between_steps_and_reaches_the_target(demo,
     assert info["steps"][0]["gflops"] > info["steps"][1]["gflops"]
     assert abs(info["flops_removed"] - 0.4) <= 0.03
     assert all("map_drop_points" in s for s in info["steps"])
+
+
+def test_fine_tuning_that_only_damages_the_model_returns_its_start(demo, tmp_path):
+    model = yolo.load_model(demo[0])
+    damaging = FinetuneConfig(epochs="auto", max_epochs=1, schedule="recover", optimizer="SGD", lr0=0.5,
+                              warmup_epochs=0, batch=4, nbs=4, workers=0)
+    tuned, info = finetune(model, damaging, evaluator(demo[1], IMGSZ), tmp_path, reference=model)
+    assert tuned is model and info["kept_start"].startswith("no epoch beat the starting model")
