@@ -4,6 +4,7 @@ product runs them, and side-by-side timing (the product's one turn-taking timer)
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -29,6 +30,23 @@ def model_path(name: str) -> Path:
 def data_path(name: str) -> Path:
     """The dataset YAML of a shared model (by its name) or of a shared dataset."""
     return SHARED / "datasets" / MODELS.get(name, name) / "data.yaml"
+
+
+class Points:
+    """A benchmark's finished points, by key, in `out`/results.json: written after each, so a rerun skips them."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "results.json"
+        self.rows: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def add(self, key: str, row: dict) -> None:
+        self.rows[key] = row
+        self.path.write_text(json.dumps(self.rows, indent=1))
+        print(key, json.dumps(row), flush=True)
 
 
 @functools.cache

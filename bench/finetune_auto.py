@@ -9,10 +9,9 @@ unpruned one (the pipeline's evaluator, batch 1), the epochs it took and why it 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from common import data_path, evaluator, model_path
+from common import Points, data_path, evaluator, model_path
 
 import edgecompress.yolo.model as yolo
 from edgecompress.prune.config import PruneConfig
@@ -29,9 +28,7 @@ def main() -> None:
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--out", type=Path, default=Path("bench/results/finetune_auto"))
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    saved = args.out / "results.json"
-    rows = json.loads(saved.read_text()) if saved.is_file() else {}
+    points = Points(args.out)
     for name in args.models:
         evaluate = evaluator(data_path(name), args.imgsz)
         unpruned = yolo.load_model(model_path(name))
@@ -42,18 +39,16 @@ def main() -> None:
             yolo.save_checkpoint(pruned, pruned_path, half=False)
         for seed in args.seeds:
             key = f"{name} flops {args.flops} seed {seed}"
-            if key in rows:
+            if key in points:
                 continue
             tuned, info = finetune(yolo.load_model(pruned_path), FinetuneConfig(seed=seed), evaluate,
                                    args.out / f"work-{name}-{seed}", reference=unpruned)
             after = evaluate(tuned, args.out / f"work-eval-{name}-{seed}")["map50_95"]
             before = info["schedule"]["reference_map50_95"]
-            rows[key] = {"unpruned": before, "pruned": info["schedule"]["start_map50_95"], "finetuned": after,
-                         "points": round(100 * (after - before), 2), "epochs": len(info["epochs_log"]),
-                         "stopped": info["stopped"], "seconds": info["seconds"],
-                         "val_curve": [round(e["metrics/mAP50-95(B)"], 4) for e in info["epochs_log"]]}
-            saved.write_text(json.dumps(rows, indent=1))
-            print(key, json.dumps(rows[key]), flush=True)
+            points.add(key, {"unpruned": before, "pruned": info["schedule"]["start_map50_95"], "finetuned": after,
+                             "points": round(100 * (after - before), 2), "epochs": len(info["epochs_log"]),
+                             "stopped": info["stopped"], "seconds": info["seconds"],
+                             "val_curve": [round(e["metrics/mAP50-95(B)"], 4) for e in info["epochs_log"]]})
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ an unpruned candidate below the trained size. Finished points are kept in --out/
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from common import data_path, evaluator, model_path
+from common import Points, data_path, evaluator, model_path
 
 import edgecompress.yolo.model as yolo
 from edgecompress.yolo.config import FinetuneConfig
@@ -27,25 +26,21 @@ def main() -> None:
     p.add_argument("--schedules", nargs="+", default=["preserve", "recover"])
     p.add_argument("--out", type=Path, default=Path("bench/results/resolution_finetune"))
     args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    saved = args.out / "results.json"
-    rows = json.loads(saved.read_text()) if saved.is_file() else {}
+    points = Points(args.out)
     for name in args.models:
         evaluate = evaluator(data_path(name), args.imgsz)
         for schedule in args.schedules:
             key = f"{name} {args.imgsz} px {schedule} {args.epochs} epochs"
-            if key in rows:
+            if key in points:
                 continue
             work = args.out / f"work-{name}-{args.imgsz}-{schedule}"
             before = evaluate(yolo.load_model(model_path(name)), work / "eval-before")["map50_95"]
             tuned, info = finetune(yolo.load_model(model_path(name)),
                                    FinetuneConfig(epochs=args.epochs, schedule=schedule), evaluate, work)
             after = evaluate(tuned, work / "eval-after")["map50_95"]
-            rows[key] = {"before": before, "after": after, "points": round(100 * (after - before), 2),
-                         "seconds": info["seconds"],
-                         "val_curve": [round(e["metrics/mAP50-95(B)"], 4) for e in info["epochs_log"]]}
-            saved.write_text(json.dumps(rows, indent=1))
-            print(key, json.dumps(rows[key]), flush=True)
+            points.add(key, {"before": before, "after": after, "points": round(100 * (after - before), 2),
+                             "seconds": info["seconds"],
+                             "val_curve": [round(e["metrics/mAP50-95(B)"], 4) for e in info["epochs_log"]]})
 
 
 if __name__ == "__main__":
