@@ -65,3 +65,15 @@ def test_bad_recipe_files(tmp_path: Path, text: str, message: str) -> None:
 def test_overrides_replace_nested_settings() -> None:
     recipe = Recipe().with_overrides(**{"target": "arm", "gates.max_latency_ms": 30.0})
     assert (recipe.target, recipe.gates.max_latency_ms, recipe.gates.max_map_drop) == ("arm", 30.0, None)
+
+
+def test_fine_tuning_runs_after_pruning_or_on_an_unpruned_model_when_asked() -> None:
+    from edgecompress.targets import get_target
+
+    def stages(**sections: dict) -> list[str]:
+        return [s.name for s in get_target("x86").plan(Recipe.from_dict(sections))]
+
+    assert "finetune" not in stages()
+    assert stages(prune={"flops": 0.3})[:3] == ["load", "prune", "finetune"]
+    assert stages(finetune={"unpruned": True})[:2] == ["load", "finetune"]
+    assert "finetune" not in stages(finetune={"unpruned": True, "epochs": 0})

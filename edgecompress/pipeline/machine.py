@@ -67,7 +67,7 @@ def _training_batches(recipe: Recipe) -> Iterator[tuple[str, int]]:
     """The recipe key and batch size of each training stage the recipe runs (fine-tuning, QAT)."""
     from edgecompress.yolo.config import SCHEDULES
 
-    if recipe.prune.enabled and recipe.finetune.epochs:  # schedule auto picks one later: the larger batch bounds it
+    if recipe.finetune.runs(recipe.prune.enabled):  # schedule auto picks one later: the larger batch bounds it
         schedules = list(SCHEDULES) if recipe.finetune.schedule == "auto" else [recipe.finetune.schedule]
         yield "finetune.batch", max(recipe.finetune.settings(s)["batch"] for s in schedules)
     if recipe.quant.mode == "qat":

@@ -91,7 +91,8 @@ class Prune(_Train):
 
 
 class Finetune(_Train):
-    """Recovers what pruning lost, against the user's unpruned model (schedule auto's yardstick)."""
+    """Recovers what pruning lost, or adapts an unpruned model to the image size it is deployed at, against the user's
+    unpruned model (schedule auto's and epochs auto's yardstick)."""
 
     name = output_name = "finetune"
     disk = 6.0  # the trainer's checkpoints (with optimizer state) of the last and best epoch, its start, the result
@@ -369,13 +370,13 @@ class Bench(Stage):
 
 
 def training(recipe: Recipe, target: Target) -> list[Stage]:
-    """The stages every plan starts with: load, then prune and fine-tune when the recipe prunes (a latency target
-    is measured in the target's runtime)."""
+    """The stages every plan starts with: load, then prune when the recipe prunes (a latency target is measured in the
+    target's runtime), and fine-tune after pruning (or always, with finetune.unpruned)."""
     stages: list[Stage] = [Load()]
     if recipe.prune.enabled:
         stages.append(Prune(recipe.prune, target.runtime))
-        if recipe.finetune.epochs:  # fine-tuning recovers what pruning lost
-            stages.append(Finetune(recipe.finetune))
+    if recipe.finetune.runs(recipe.prune.enabled):
+        stages.append(Finetune(recipe.finetune))
     return stages
 
 

@@ -203,7 +203,8 @@ class Search:
             if not contenders or state.stop:
                 break
             trials = [Trial("candidate", trial_recipe(self.recipe, r.candidate, {
-                "epochs": "auto", "max_epochs": ceiling, "recovered_within": _within(r, goal, config)}), rung,
+                "epochs": "auto", "max_epochs": ceiling, "recovered_within": _within(r, goal, config),
+                "unpruned": True}), rung,
                 tuple(r.candidate.items())) for r in contenders]
             before = {t.id: r for t, r in zip(trials, contenders)}  # each trial's result at the rung below
             state.say(f"rung {rung}: fine-tuning {len(trials)} candidate(s) until recovered, at most {ceiling} epochs")

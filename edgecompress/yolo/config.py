@@ -36,7 +36,8 @@ class FinetuneConfig:
     """`epochs`: fine-tuning epochs after pruning (0 = none); `schedule` sets the optimizer, lr0, lrf,
     warmup_epochs, freeze_bn, batch and nbs that are left unset (None); the rest are Ultralytics' trainer settings."""
 
-    epochs: int | Literal["auto"] = "auto"  # the stage runs only after pruning, so `--prune X` alone also fine-tunes
+    epochs: int | Literal["auto"] = "auto"  # the stage runs after pruning, so `--prune X` alone also fine-tunes
+    unpruned: bool = False  # fine-tune an unpruned model too: at an image size below its training size, it adapts
     max_epochs: int = 30  # epochs: auto: the ceiling (the trainer's schedule spans it)
     # epochs: auto: mAP50-95 points below the unpruned model that count as recovered; negative: that many above it
     # (what `compress search` asks of a candidate whose goal lies above the unpruned model at its image size)
@@ -80,6 +81,10 @@ class FinetuneConfig:
                 f"finetune.nbs must be >= 1, got {self.nbs}; write the batch size for no accumulation")
         require(self.workers >= 0, f"finetune.workers must be >= 0, got {self.workers}")
         require(self.distill >= 0, f"finetune.distill is a loss weight and must be >= 0, got {self.distill}")
+
+    def runs(self, pruned: bool) -> bool:
+        """Whether the pipeline fine-tunes: after pruning, or always where `unpruned`, unless epochs is 0."""
+        return bool(self.epochs) and (pruned or self.unpruned)
 
     @property
     def ceiling(self) -> int:
