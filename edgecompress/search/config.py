@@ -17,8 +17,9 @@ class SearchConfig:
     accurate artifact whose end-to-end p50 is under it.
 
     Candidates are every image size x pruning amount x precision. Each is first measured without fine-tuning; then
-    the ones that can still win (pruned, or below the trained size) are fine-tuned until recovered, at most `rungs[0]` epochs, the better `keep`
-    fraction of those still short of the goal again at most `rungs[1]`, and so on (successive halving)."""
+    the ones that can still win (pruned, or below the trained size) are fine-tuned until recovered, at most `rungs[0]`
+    epochs, the better `keep` fraction of those still short of the goal again at most `rungs[1]`, and so on
+    (successive halving)."""
 
     max_map_drop: float = 1.0
     max_latency_ms: float | None = None

@@ -2,9 +2,10 @@
 the target's runtime.
 
 Rung 0 measures every candidate (image size x pruning amount x precision) without fine-tuning: its latency is final
-(fine-tuning changes no shape) and its accuracy a floor. Then, rung by rung, the candidates that can still win (pruned,
-or unpruned below the trained size) are fine-tuned until recovered, each rung with a higher ceiling of epochs; a candidate goes on only while its
-fine-tuning ended at the ceiling (still rising) short of the goal, and only the better `keep` fraction of those does.
+(fine-tuning changes no shape) and its accuracy a floor. Then, rung by rung, the candidates that can still win
+(pruned, or unpruned below the trained size) are fine-tuned until recovered, each rung with a higher ceiling of
+epochs; a candidate goes on only while its fine-tuning ended at the ceiling (still rising) short of the goal, and only
+the better `keep` fraction of those does.
 What it tried and why it stopped is in search.json and search.md.
 """
 
@@ -217,8 +218,8 @@ class Search:
         return self.publish(reference, goal, _choose(state, goal, config))
 
     def confirm(self, goal: float, reference: Result) -> None:
-        """Time the finalists again, end to end, taking turns in this process with the reference and Ultralytics' exports,
-        and choose on those times. Each trial timed its artifact alone, at its own moment: on a machine that other work
+        """Time the finalists again, end to end, taking turns in this process with the reference and Ultralytics'
+        exports, and choose on those times. Each trial timed its artifact alone, at its own moment: on a machine that other work
         shares, minutes apart, that moves latency by more than the gaps between finalists."""
         import itertools
 
