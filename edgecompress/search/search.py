@@ -219,8 +219,8 @@ class Search:
 
     def confirm(self, goal: float, reference: Result) -> None:
         """Time the finalists again, end to end, taking turns in this process with the reference and Ultralytics'
-        exports, and choose on those times. Each trial timed its artifact alone, at its own moment: on a machine that other work
-        shares, minutes apart, that moves latency by more than the gaps between finalists."""
+        exports, and choose on those times. Each trial timed its artifact alone, at its own moment: on a machine that
+        other work shares, minutes apart, that moves latency by more than the gaps between finalists."""
         import itertools
 
         from edgecompress.device.detector import Detector
