@@ -4,7 +4,7 @@ closing timing took it (taking turns with the same exports), and its mAP50-95 ag
 from the search's own measurements (the same evaluator for every artifact).
 
     python bench/search_compare.py --model yolov8n-bccd [--target x86] [--max-map-drop 1.0] [--budget 60m]
-        [--out bench/results/search]
+        [--imgsz 640 512 448] [--prune 0 0.25] [--out bench/results/search]
 
 A killed run resumes: the search keeps its finished trials. Both goals (--max-map-drop, --max-latency-ms) search the
 same folder, so the second reads back the first's rung 0; each goal's report is kept in a subfolder.
@@ -42,11 +42,13 @@ def main() -> None:
     p.add_argument("--max-map-drop", type=float, default=1.0)
     p.add_argument("--max-latency-ms", type=float)
     p.add_argument("--budget", default="60m")
+    p.add_argument("--imgsz", nargs="+", type=int, default=[], help="sizes to try (default: the search's)")
+    p.add_argument("--prune", nargs="+", type=float, help="FLOPs fractions to try (default: the search's)")
     p.add_argument("--executor", default="sequential")
     p.add_argument("--out", type=Path, default=Path("bench/results/search"))
     args = p.parse_args()
     settings = {"max_map_drop": args.max_map_drop, "max_latency_ms": args.max_latency_ms, "executor": args.executor,
-                **parse_budget(args.budget)}
+                "imgsz": args.imgsz, **({"prune": args.prune} if args.prune else {}), **parse_budget(args.budget)}
     recipe = Recipe.from_dict({"model": str(model_path(args.model)), "data": str(data_path(args.model)),
                                "target": args.target, "search": settings})
     out = args.out / f"{args.model}-{args.target}"
