@@ -20,7 +20,8 @@ from edgecompress.config import ConfigError
 from edgecompress.recipe import Recipe
 from edgecompress.search.config import SearchConfig, parse_budget
 from edgecompress.search.report import pareto
-from edgecompress.search.search import Result, State, _contenders, search
+from edgecompress.search.search import Result, State, _contenders, search, trial_recipe
+from edgecompress.search.trials import Trial
 
 # two candidates at 64 px: unpruned and 30% pruned, in FP32 (INT8's calibration is tested elsewhere)
 TINY = {"imgsz": 64, "target": "onnx", "bench": FAST_BENCH, "prune": {"sensitivity_images": 2},
@@ -139,3 +140,21 @@ def test_candidates_that_can_still_win_go_on_and_halving_keeps_the_better():
     state.results.update((r.id, r) for r in still)
     # fine-tuning that ended for good (recovered) does not go on; of the two at the ceiling, the better half does
     assert _contenders(still, state, goal, config, 640, keep=0.5) == [ceiling]
+
+
+def test_a_rung_continues_from_the_model_the_rung_below_fine_tuned(demo):
+    recipe, candidate = tiny_recipe(demo), {"imgsz": 64, "prune": 0.3, "precision": "fp32"}
+
+    def trial(rung: int, epochs: int, warm: tuple = ()) -> Trial:
+        finetune = {"epochs": "auto", "max_epochs": epochs, "unpruned": True}
+        return Trial("candidate", trial_recipe(recipe, candidate, finetune), rung, tuple(candidate.items()), warm)
+
+    def rounds(t: Trial) -> list:
+        return [s for s in t.plan(Recipe.from_dict(t.recipe)) if s.name.startswith("finetune")]
+
+    first = trial(1, 1)
+    second = trial(2, 2, tuple(first.finetunes))
+    assert [s.name for s in rounds(first)] == ["finetune"] and first.finetunes == [first.recipe["finetune"]]
+    assert [s.name for s in rounds(second)] == ["finetune", "finetune-2"]
+    assert rounds(second)[0].settings() == rounds(first)[0].settings()  # the same stage: the rung below's, reused
+    assert rounds(second)[1].settings().max_epochs == 2 and second.id != trial(2, 2).id

@@ -97,8 +97,10 @@ class Finetune(_Train):
     name = output_name = "finetune"
     disk = 6.0  # the trainer's checkpoints (with optimizer state) of the last and best epoch, its start, the result
 
-    def __init__(self, config: FinetuneConfig) -> None:
+    def __init__(self, config: FinetuneConfig, round_: int = 1) -> None:
         self.config = config
+        if round_ > 1:  # a later round continues from the model the one before it made (a search's next rung)
+            self.name = self.output_name = f"finetune-{round_}"
 
     def settings(self) -> Any:
         return self.config

@@ -4,7 +4,7 @@ the target's runtime.
 Rung 0 measures every candidate (image size x pruning amount x precision) without fine-tuning: its latency is final
 (fine-tuning changes no shape) and its accuracy a floor. Then, rung by rung, the candidates that can still win
 (pruned, or unpruned below the trained size) are fine-tuned until recovered, each rung with a higher ceiling of
-epochs; a candidate goes on only while its fine-tuning ended at the ceiling (still rising) short of the goal, and only
+epochs, continuing from the model the rung below made; a candidate goes on only while its fine-tuning ended at the ceiling (still rising) short of the goal, and only
 the better `keep` fraction of those does.
 What it tried and why it stopped is in search.json and search.md.
 """
@@ -93,11 +93,11 @@ class Result:
 
     @property
     def finetune(self) -> dict[str, Any]:
-        rows = [s for s in self.raw["stages"] if s["name"] == "finetune"]
+        """The epochs of every fine-tuning round (one per rung), and why the last stopped."""
+        rows = [s["info"] for s in self.raw["stages"] if s["name"].startswith("finetune")]
         if not rows:
             return {}
-        info = rows[0]["info"]
-        return {"epochs": len(info.get("epochs_log", [])), "stopped": info.get("stopped", "")}
+        return {"epochs": sum(len(info.get("epochs_log", [])) for info in rows), "stopped": rows[-1].get("stopped", "")}
 
 
 @dataclass
@@ -200,13 +200,14 @@ class Search:
         rung0 = self.trials([Trial("candidate", trial_recipe(self.recipe, c, {"epochs": 0}), 0, tuple(c.items()))
                              for c in candidates(self.recipe, config)], "rung 0: every candidate, no fine-tuning")
         contenders = _contenders(rung0, state, goal, config, self.recipe.imgsz)
-        for rung, ceiling in enumerate(config.rungs, 1):
+        for rung, (below, ceiling) in enumerate(zip((0, *config.rungs), config.rungs), 1):
             if not contenders or state.stop:
                 break
+            # each continues from the model the rung below fine-tuned, for the epochs this rung adds
             trials = [Trial("candidate", trial_recipe(self.recipe, r.candidate, {
-                "epochs": "auto", "max_epochs": ceiling, "recovered_within": _within(r, goal, config),
-                "unpruned": True}), rung,
-                tuple(r.candidate.items())) for r in contenders]
+                "epochs": "auto", "max_epochs": ceiling - below, "recovered_within": _within(r, goal, config),
+                "unpruned": True}), rung, tuple(r.candidate.items()), tuple(r.raw.get("finetunes", ())))
+                for r in contenders]
             before = {t.id: r for t, r in zip(trials, contenders)}  # each trial's result at the rung below
             state.say(f"rung {rung}: fine-tuning {len(trials)} candidate(s) until recovered, at most {ceiling} epochs")
             tuned = self.trials(trials, f"rung {rung}: fine-tune at most {ceiling} epochs",

@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecompress.config import Registry
 from edgecompress.files import digest, write_atomic
+
+if TYPE_CHECKING:
+    from edgecompress.pipeline.stage import Stage
+    from edgecompress.recipe import Recipe
 
 TRIAL = "trial.json"
 
@@ -26,16 +30,39 @@ TRIAL = "trial.json"
 class Trial:
     """One run of a search: `kind` candidate, reference (the unpruned model in the target's float precision at the
     trained size) or ultralytics (Ultralytics' own exports at the trained size); `rung` 0 is measured without
-    fine-tuning; `candidate` holds imgsz, prune and precision."""
+    fine-tuning; `candidate` holds imgsz, prune and precision. `warm`: the finetune sections of the rungs below,
+    whose fine-tuning runs first (reused from their trials' stages), so this rung's continues from its model."""
 
     kind: str
     recipe: dict[str, Any]
     rung: int = 0
     candidate: tuple[tuple[str, Any], ...] = ()
+    warm: tuple[dict[str, Any], ...] = ()
 
     @property
     def id(self) -> str:
-        return digest({"kind": self.kind, "recipe": self.recipe})[:12]
+        return digest({"kind": self.kind, "recipe": self.recipe, **({"warm": self.warm} if self.warm else {})})[:12]
+
+    @property
+    def finetunes(self) -> list[dict[str, Any]]:
+        """The finetune section of every round this trial runs, the rungs below first (none at rung 0)."""
+        return [*self.warm, self.recipe["finetune"]] if self.rung else []
+
+    def plan(self, recipe: Recipe) -> list[Stage]:
+        """The target's plan, or Ultralytics' exports; a rung above the first fine-tunes in one round per rung."""
+        from edgecompress.pipeline.stages import Finetune
+        from edgecompress.search.references import ultralytics_plan
+        from edgecompress.targets import get_target
+        from edgecompress.yolo.config import FinetuneConfig
+
+        if self.kind == "ultralytics":
+            return ultralytics_plan(recipe)
+        stages = get_target(recipe.target).plan(recipe)
+        if not self.warm:
+            return stages
+        at = next(i for i, s in enumerate(stages) if isinstance(s, Finetune))
+        rounds = [Finetune(FinetuneConfig(**section), n) for n, section in enumerate(self.finetunes, 1)]
+        return [*stages[:at], *rounds, *stages[at + 1:]]
 
 
 @dataclass(frozen=True)
@@ -66,16 +93,16 @@ def run_job(job: Job, threads: int) -> dict[str, Any]:
 def _run(job: Job, threads: int) -> dict[str, Any]:
     from edgecompress.pipeline.runner import Runner
     from edgecompress.recipe import Recipe
-    from edgecompress.search.references import ultralytics_plan
     from edgecompress.yolo.patches import THREADS_ENV
 
     os.environ[THREADS_ENV] = str(threads)
     recipe = Recipe.from_dict(job.trial.recipe)
-    plan = ultralytics_plan if job.trial.kind == "ultralytics" else None
     start = time.perf_counter()
-    report = Runner(recipe, job.folder, trust_checkpoint=job.trust, stages=Path(job.root) / "stages", plan=plan).run()
+    report = Runner(recipe, job.folder, trust_checkpoint=job.trust, stages=Path(job.root) / "stages",
+                    plan=job.trial.plan).run()
     result = {"id": job.trial.id, "kind": job.trial.kind, "rung": job.trial.rung,
-              "candidate": dict(job.trial.candidate), "seconds": round(time.perf_counter() - start, 1),
+              "candidate": dict(job.trial.candidate), "finetunes": job.trial.finetunes,
+              "seconds": round(time.perf_counter() - start, 1),
               "folder": str(job.folder.relative_to(job.root)), "final": report["final"],
               "stages": [{k: s[k] for k in ("name", "runtime", "precision", "parameters", "gflops", "accuracy",
                                             "benchmark", "info")} for s in report["stages"]]}
