@@ -2,11 +2,11 @@
 the target's runtime.
 
 Rung 0 measures every candidate (image size x pruning amount x precision) without fine-tuning: its latency is final
-(fine-tuning changes no shape) and its accuracy a floor. Then, rung by rung, the candidates that can still win
-(pruned, or unpruned below the trained size) are fine-tuned until recovered, each rung with a higher ceiling of
-epochs, continuing from the model the rung below made; a candidate goes on only while its fine-tuning ended at the ceiling (still rising) short of the goal, and only
-the better `keep` fraction of those does.
-What it tried and why it stopped is in search.json and search.md.
+(fine-tuning changes no shape; the candidates are timed again side by side) and its accuracy a floor. Then, rung by
+rung, the candidates that can still win (pruned, or unpruned below the trained size) are fine-tuned until recovered,
+each rung with a higher ceiling of epochs, continuing from the model the rung below made; a candidate goes on only
+while its fine-tuning ended at the ceiling (still rising) short of the goal, and only the better `keep` fraction of
+those does. What it tried and why it stopped is in search.json and search.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from edgecompress.search.trials import Job, Trial, executor, finished
 from edgecompress.targets import get_target
 
 SCHEMA = "edgecompress.search/1"
-CONFIRM, CONFIRM_TURNS = 4, 200  # the finalists timed again taking turns, and the turns each takes
+CONFIRM = 4  # the finalists timed again taking turns at the end
+TURNS = 200  # the turns each artifact takes when candidates are timed again
 CONFIRM_MARGIN = 1.25  # under a latency limit, finalists whose own timing came within this factor of it
 # The demo's space and timing, where the recipe leaves the space at its defaults: a few minutes on 2 CPU cores.
 DEMO = {"search.imgsz": (480, 384), "search.prune": (0.0, 0.3), "search.rungs": (2,), "bench.runs": 30}
@@ -68,18 +69,18 @@ class Result:
     def map(self) -> float:
         return self.network["accuracy"]["map50_95"]
 
-    retimed: float | None = None  # end-to-end p50 of the finalists timed taking turns (Search.confirm)
-    rung0: float | None = None  # a fine-tuned candidate's end-to-end p50 at rung 0 (State.record)
+    retimed: float | None = None  # end-to-end p50 as last timed taking turns with other candidates (Search.retime)
+    rung0: float | None = None  # a fine-tuned candidate's end-to-end p50 as rung 0 measured it (State.record)
 
     @property
     def raw_latency(self) -> float:
-        """End-to-end p50 as a trial timed it, alone: a fine-tuned candidate's as rung 0 timed the same shapes (one
+        """End-to-end p50 as its trial timed it, alone; a fine-tuned candidate's as rung 0 timed the same shapes (one
         timing per shape, so noise between two timings of one network cannot reorder candidates)."""
         return self.rung0 if self.rung0 is not None else self.final["benchmark"]["end_to_end"]["p50_ms"]
 
     @property
     def latency(self) -> float:
-        """End-to-end p50: taking turns with the other finalists where it was one, else as its trial timed it."""
+        """End-to-end p50: as last timed taking turns with other candidates (rung 0, the finalists), else alone."""
         return self.retimed if self.retimed is not None else self.raw_latency
 
     @property
@@ -116,7 +117,7 @@ class State:
         """Add a finished trial; a fine-tuned candidate takes its latency from rung 0, where its shapes were timed."""
         result = self.results[raw["id"]] = Result(raw)
         if result.raw["rung"]:
-            result.rung0 = next(r.raw_latency for r in self.results.values() if r.raw["kind"] == "candidate"
+            result.rung0 = next(r.latency for r in self.results.values() if r.raw["kind"] == "candidate"
                                 and r.raw["rung"] == 0 and r.candidate == result.candidate)
         return result
 
@@ -199,6 +200,8 @@ class Search:
                      f"goal: the fastest with mAP50-95 >= {goal:.4f} ({config.max_map_drop} points)"))
         rung0 = self.trials([Trial("candidate", trial_recipe(self.recipe, c, {"epochs": 0}), 0, tuple(c.items()))
                              for c in candidates(self.recipe, config)], "rung 0: every candidate, no fine-tuning")
+        if rung0:  # the later rungs' choices rest on these latencies, so they are taken side by side
+            self.retime(rung0, "rung 0's candidates")
         contenders = _contenders(rung0, state, goal, config, self.recipe.imgsz)
         for rung, (below, ceiling) in enumerate(zip((0, *config.rungs), config.rungs), 1):
             if not contenders or state.stop:
@@ -219,9 +222,21 @@ class Search:
         return self.publish(reference, goal, _choose(state, goal, config))
 
     def confirm(self, goal: float, reference: Result) -> None:
-        """Time the finalists again, end to end, taking turns in this process with the reference and Ultralytics'
-        exports, and choose on those times. Each trial timed its artifact alone, at its own moment: on a machine that
-        other work shares, minutes apart, that moves latency by more than the gaps between finalists."""
+        """Time the finalists again with the reference and Ultralytics' exports, taking turns, and choose on those
+        times."""
+        config, results = self.config, [r for r in self.state.results.values() if r.raw["kind"] == "candidate"]
+        if config.max_latency_ms:  # those near the limit or under it, most accurate first
+            near = sorted((r for r in results if r.latency <= CONFIRM_MARGIN * config.max_latency_ms),
+                          key=lambda r: -r.map)
+        else:  # those within the budget, fastest first
+            near = sorted((r for r in results if r.map >= goal), key=lambda r: r.latency)
+        if finalists := near[:CONFIRM]:
+            self.retime([*finalists, reference], "finalists", ultralytics=True)
+
+    def retime(self, results: list[Result], what: str, ultralytics: bool = False) -> None:
+        """Time `results` again end to end, taking turns in this process (with Ultralytics' exports, where asked), and
+        keep those times. Each trial timed its artifact alone, at its own moment: on a machine that other work shares,
+        minutes apart, that moves latency by more than the gaps between candidates."""
         import itertools
 
         from edgecompress.device.detector import Detector
@@ -231,17 +246,8 @@ class Search:
         from edgecompress.yolo.data import Dataset
         from edgecompress.yolo.model import load_model
 
-        config, results = self.config, [r for r in self.state.results.values() if r.raw["kind"] == "candidate"]
-        if config.max_latency_ms:  # those near the limit or under it, most accurate first
-            near = sorted((r for r in results if r.latency <= CONFIRM_MARGIN * config.max_latency_ms),
-                          key=lambda r: -r.map)
-        else:  # those within the budget, fastest first
-            near = sorted((r for r in results if r.map >= goal), key=lambda r: r.latency)
-        finalists = near[:CONFIRM]
-        if not finalists:
-            return
-        finalists.append(reference)
-        rows = {r.id: r.final for r in finalists} | {s["name"]: s for s in _ultralytics_rows(self.state)}
+        rows = {r.id: r.final for r in results} | ({s["name"]: s for s in _ultralytics_rows(self.state)}
+                                                   if ultralytics else {})
         classes = len(load_model(Path(self.recipe.model), self.trust).names)
         images = Dataset.check(self.recipe.data, classes, self.recipe.eval.split).images(self.recipe.eval.split)
         frames, _ = read_images(images[:BENCH_IMAGES])
@@ -251,13 +257,15 @@ class Search:
             session = RUNTIMES[row["runtime"]].load(Path(bench["artifact"]), shared=True)
             detect, cycle = Detector(session, bench["imgsz"], self.recipe.frame.thresholds), itertools.cycle(frames)
             steps[key] = lambda detect=detect, cycle=cycle: detect(next(cycle))
-        with progress.task("timing the finalists, taking turns", total=None):
-            times = {key: round(statistics.median(t), 3) for key, t in interleaved(steps, CONFIRM_TURNS).items()}
-        for r in finalists:
+        with progress.task(f"timing the {what}, taking turns", total=None):
+            times = {key: round(statistics.median(t), 3) for key, t in interleaved(steps, TURNS).items()}
+        before = {r.id: r.latency for r in results}
+        for r in results:
             r.retimed = times.pop(r.id)
-        self.state.ultralytics_retimed = times
-        self.state.say("finalists timed again taking turns, end-to-end p50: " + ", ".join(
-            [f"{_name(r.candidate)} {r.retimed:.1f} ms (alone: {r.raw_latency:.1f})" for r in finalists]
+        if ultralytics:
+            self.state.ultralytics_retimed = times
+        self.state.say(f"{what} timed again taking turns, end-to-end p50: " + ", ".join(
+            [f"{_name(r.candidate)} {r.retimed:.1f} ms (before: {before[r.id]:.1f})" for r in results]
             + [f"{name} {ms:.1f} ms" for name, ms in times.items()]))
 
     def references(self) -> Result:
