@@ -158,3 +158,16 @@ def test_a_rung_continues_from_the_model_the_rung_below_fine_tuned(demo):
     assert [s.name for s in rounds(second)] == ["finetune", "finetune-2"]
     assert rounds(second)[0].settings() == rounds(first)[0].settings()  # the same stage: the rung below's, reused
     assert rounds(second)[1].settings().max_epochs == 2 and second.id != trial(2, 2).id
+
+
+def test_a_candidate_short_of_the_goal_is_fine_tuned_further_from_where_the_rung_below_left_it(demo, tmp_path):
+    # at 32 px and half the FLOPs, two epochs stay far below the unpruned model at 64 px: both rungs run
+    recipe = tiny_recipe(demo, executor="sequential", ultralytics=False, imgsz=[32], prune=[0.5], rungs=[1, 2],
+                         max_map_drop=0.0)
+    result = search(recipe, tmp_path)
+    rungs = {t["rung"]: t for t in result["trials"]}
+    assert set(rungs) == {0, 1, 2}, result["log"]
+    manifest = json.loads((tmp_path / rungs[2]["folder"] / "manifest.json").read_text())
+    stages = {s["stage"]: s["reused"] for s in manifest["stages"]}
+    assert stages["finetune"] and not stages["finetune-2"]  # rung 1's fine-tuning reused, then one more round
+    assert rungs[2]["epochs"] == rungs[1]["epochs"] + 1
