@@ -203,14 +203,16 @@ class Search:
         if rung0:  # the later rungs' choices rest on these latencies, so they are taken side by side
             self.retime(rung0, "rung 0's candidates")
         contenders = _contenders(rung0, state, goal, config, self.recipe.imgsz)
+        rounds: dict[str, list[dict[str, Any]]] = {}  # by trial id: the finetune sections it ran, rung by rung
         for rung, (below, ceiling) in enumerate(zip((0, *config.rungs), config.rungs), 1):
             if not contenders or state.stop:
                 break
             # each continues from the model the rung below fine-tuned, for the epochs this rung adds
             trials = [Trial("candidate", trial_recipe(self.recipe, r.candidate, {
                 "epochs": "auto", "max_epochs": ceiling - below, "recovered_within": _within(r, goal, config),
-                "unpruned": True}), rung, tuple(r.candidate.items()), tuple(r.raw.get("finetunes", ())))
+                "unpruned": True}), rung, tuple(r.candidate.items()), tuple(rounds.get(r.id, ())))
                 for r in contenders]
+            rounds = {t.id: t.finetunes for t in trials}
             before = {t.id: r for t, r in zip(trials, contenders)}  # each trial's result at the rung below
             state.say(f"rung {rung}: fine-tuning {len(trials)} candidate(s) until recovered, at most {ceiling} epochs")
             tuned = self.trials(trials, f"rung {rung}: fine-tune at most {ceiling} epochs",
