@@ -11,6 +11,7 @@ those does. What it tried and why it stopped is in search.json and search.md.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -242,17 +243,12 @@ class Search:
         import itertools
 
         from edgecompress.device.detector import Detector
-        from edgecompress.device.images import read_images
         from edgecompress.device.runtime import RUNTIMES
         from edgecompress.device.timing import interleaved
-        from edgecompress.yolo.data import Dataset
-        from edgecompress.yolo.model import load_model
 
         rows = {r.id: r.final for r in results} | ({s["name"]: s for s in _ultralytics_rows(self.state)}
                                                    if ultralytics else {})
-        classes = len(load_model(Path(self.recipe.model), self.trust).names)
-        images = Dataset.check(self.recipe.data, classes, self.recipe.eval.split).images(self.recipe.eval.split)
-        frames, _ = read_images(images[:BENCH_IMAGES])
+        frames = self.frames
         steps = {}
         for key, row in rows.items():
             bench = row["benchmark"]
@@ -269,6 +265,17 @@ class Search:
         self.state.say(f"{what} timed again taking turns, end-to-end p50: " + ", ".join(
             [f"{_name(r.candidate)} {r.retimed:.1f} ms (before: {before[r.id]:.1f})" for r in results]
             + [f"{name} {ms:.1f} ms" for name, ms in times.items()]))
+
+    @functools.cached_property
+    def frames(self) -> list[Any]:
+        """The eval split's first images, decoded once: what every side-by-side timing feeds its artifacts."""
+        from edgecompress.device.images import read_images
+        from edgecompress.yolo.data import Dataset
+        from edgecompress.yolo.model import load_model
+
+        classes = len(load_model(Path(self.recipe.model), self.trust).names)
+        images = Dataset.check(self.recipe.data, classes, self.recipe.eval.split).images(self.recipe.eval.split)
+        return read_images(images[:BENCH_IMAGES])[0]
 
     def references(self) -> Result:
         """Measure the reference (and Ultralytics' exports, where the target has them); the reference's result."""
