@@ -54,3 +54,21 @@ def test_sweep_leaves_a_stage_another_live_process_is_building(tmp_path: Path) -
         assert (tmp_path / f".tmp-export-abc-{live.pid}").is_dir()
     finally:
         live.kill()
+
+
+def test_dataset_fingerprint_follows_content_not_mtimes(dataset_copy: Path) -> None:
+    """A copy of the same files (new mtimes) keeps every cached stage; an edited label invalidates them."""
+    import os
+
+    from edgecompress.yolo.data import Dataset
+
+    def fingerprint() -> str:
+        return Dataset.check(dataset_copy, 1).fingerprint
+
+    before = fingerprint()
+    for path in dataset_copy.parent.rglob("*"):
+        os.utime(path, (1, 1))  # as a fresh copy or checkout leaves them
+    assert fingerprint() == before
+    label = next(dataset_copy.parent.rglob("labels/**/*.txt"))
+    label.write_text("0 0.5 0.5 0.25 0.25\n")  # same class, another box
+    assert fingerprint() != before

@@ -27,7 +27,7 @@ from ultralytics.utils import NUM_THREADS
 
 from edgecompress.device.images import list_images
 from edgecompress.errors import UserError
-from edgecompress.files import digest
+from edgecompress.files import digest, file_digest
 
 LOG = logging.getLogger("edgecompress")
 SPLITS = ("train", "val", "test")
@@ -89,15 +89,16 @@ class Dataset:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A hash of the YAML and of every image and label file's name, size and mtime: changes when they do."""
-        listing = []
+        """A hash of the YAML and of every image and label file's name and content: changes when they do, and
+        survives a copy of the dataset to the same place (new mtimes, as CI's checkouts and synced folders make)."""
+        files: list[Path] = []
         for split in SPLITS:
             if self.info.get(split):
                 images = self.images(split)
-                for p in [*images, *map(Path, img2label_paths([str(i) for i in images]))]:
-                    stat = p.stat() if p.exists() else None
-                    listing.append((str(p), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1))
-        return digest({"yaml": self.yaml.read_text(), "files": listing})
+                files += [*images, *map(Path, img2label_paths([str(i) for i in images]))]
+        with ThreadPool(NUM_THREADS) as pool:  # hashlib releases the GIL
+            hashes = pool.map(lambda p: file_digest(p) if p.exists() else "", files)
+        return digest({"yaml": self.yaml.read_text(), "files": [(str(p), h) for p, h in zip(files, hashes)]})
 
     def subset(self, split: str, count: int, folder: Path) -> Path:
         """A dataset YAML whose val split is the first `count` images of `split` (labels found beside them)."""
