@@ -59,7 +59,8 @@ def latency_route(name: str, amount: float, imgsz: int, folder: Path) -> dict:
     lat = info["latency"]
     best = min(lat["tries"], key=lambda x: abs(x["error"]))
     return {"removed": best["removed"], "tries": lat["tries"], "reached": lat["reached"],
-            "flops_removed": info["flops_removed"], "gflops": info["after"]["gflops"], "seconds": round(time.time() - t)}
+            "flops_removed": info["flops_removed"], "gflops": info["after"]["gflops"],
+            "seconds": round(time.time() - t)}
 
 
 def flops_route(name: str, target_removed: float, start: float, imgsz: int, turns: int, folder: Path) -> dict:

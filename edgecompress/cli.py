@@ -157,7 +157,8 @@ def search_parser() -> argparse.ArgumentParser:
                    "the unpruned float model at the trained size (default 1.0)")
     p.add_argument("--max-latency-ms", metavar="MS", type=float, help="instead: the most accurate artifact whose "
                    "end-to-end p50 is under this")
-    p.add_argument("--budget", metavar="N|MINm|Hh", help="stop starting trials after N trials, or MIN minutes / H hours")
+    p.add_argument("--budget", metavar="N|MINm|Hh",
+                   help="stop starting trials after N trials, or MIN minutes / H hours")
     p.add_argument("--executor", choices=("auto", "ray", "sequential"),
                    help="where trials run: ray (local, or --ray-address), sequential (this process); auto: ray when "
                         "installed")
@@ -195,7 +196,8 @@ def search(args: argparse.Namespace) -> int:
     ref = result["reference"]
     print(f"chosen: {chosen['imgsz']} px, {chosen['prune']:.0%} FLOPs pruned, {chosen['precision']}: mAP50-95 "
           f"{chosen['map50_95']:.4f} ({100 * (chosen['map50_95'] - ref['map50_95']):+.2f}), p50 {chosen['p50_ms']:.1f} "
-          f"ms ({ref['p50_ms'] / chosen['p50_ms']:.2f}x the unpruned float model); artifact: {out / result['artifact']}")
+          f"ms ({ref['p50_ms'] / chosen['p50_ms']:.2f}x the unpruned float model); "
+          f"artifact: {out / result['artifact']}")
     return 0
 
 

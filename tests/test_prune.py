@@ -56,7 +56,8 @@ def test_each_architecture_prunes_and_keeps_its_output_shapes(arch, demo, tmp_pa
     model = build(arch, demo)
     eval_shapes, train_shapes = outputs(model, False), outputs(model, True)
     state = copy.deepcopy(model.state_dict())
-    pruned, info = prune(model, PruneConfig(ratio=0.3, round_to=8, sensitivity_images=2), evaluator(demo[1], IMGSZ), tmp_path)
+    config = PruneConfig(ratio=0.3, round_to=8, sensitivity_images=2)
+    pruned, info = prune(model, config, evaluator(demo[1], IMGSZ), tmp_path)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the input model is untouched
 
     assert info["after"]["gflops"] < 0.75 * info["before"]["gflops"]

@@ -198,7 +198,8 @@ def costs(plan: Any, meter_: Meter, multiple: int) -> tuple[float, dict[str, Cos
     path = cache_dir() / f"{cache_key(plan.model, meter_, multiple)}.json"
     stored = json.loads(path.read_text()) if path.is_file() else {"unit": meter_.unit, "groups": {}, "bases": []}
     todo = [roots for roots in plan.units() if plan.names[roots[0]] not in stored["groups"]]
-    frozen = {g.root for g in plan.groups if g.tie and g.tie in plan.frozen_ties}  # its block's other half stays (C2PSA)
+    # a group whose block's other half stays (C2PSA)
+    frozen = {g.root for g in plan.groups if g.tie and g.tie in plan.frozen_ties}
     if todo:
         base_flops = get_flops(plan.model, meter_.imgsz)
         with progress.task("latency costs", total=len(todo), unit="group") as bar:
