@@ -20,7 +20,7 @@ from edgecompress.config import ConfigError
 from edgecompress.recipe import Recipe
 from edgecompress.search.config import SearchConfig, parse_budget
 from edgecompress.search.report import pareto
-from edgecompress.search.search import Result, State, _contenders, search, trial_recipe
+from edgecompress.search.search import Result, State, _contenders, _smaller, search, trial_recipe
 from edgecompress.search.trials import Trial
 
 # two candidates at 64 px: unpruned and 30% pruned, in FP32 (INT8's calibration is tested elsewhere)
@@ -140,6 +140,24 @@ def test_candidates_that_can_still_win_go_on_and_halving_keeps_the_better():
     state.results.update((r.id, r) for r in still)
     # fine-tuning that ended for good (recovered) does not go on; of the two at the ceiling, the better half does
     assert _contenders(still, state, goal, config, 640, keep=0.5) == [ceiling]
+
+
+def test_the_default_sizes_go_smaller_only_while_the_best_lies_at_the_smallest_tried():
+    goal = 0.60 - 0.01
+
+    def smaller(config: SearchConfig, *results: Result) -> tuple[int, ...]:
+        state = State(config, time.time())
+        state.results.update((r.id, r) for r in results)
+        return _smaller(state, goal, config)
+
+    budget = SearchConfig(max_map_drop=1.0)
+    at_edge = [_result(0.0, 0.60, 20.0), _result(0.0, 0.595, 9.0, imgsz=448)]
+    assert smaller(budget, *at_edge) == (384,)  # the fastest within the goal is the smallest size: go on
+    assert smaller(budget, *at_edge, _result(0.0, 0.57, 7.0, imgsz=384)) == ()  # 384 px misses the goal: stop
+    assert smaller(SearchConfig(imgsz=(640, 448)), *at_edge) == ()  # the recipe's own sizes are kept
+    assert smaller(budget, _result(0.0, 0.60, 20.0), _result(0.0, 0.58, 9.0, imgsz=448)) == ()
+    assert smaller(SearchConfig(max_latency_ms=8.0), *at_edge) == (384,)  # nothing under 8 ms yet
+    assert smaller(SearchConfig(max_latency_ms=10.0), *at_edge) == ()
 
 
 def test_a_rung_continues_from_the_model_the_rung_below_fine_tuned(demo):

@@ -9,6 +9,9 @@ from typing import Literal
 from edgecompress.config import ConfigError, require
 from edgecompress.targets.base import PRECISIONS
 
+SIZE_STEP = 64  # pixels between the default space's image sizes
+MIN_SIZE = 64
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -23,7 +26,8 @@ class SearchConfig:
 
     max_map_drop: float = 1.0
     max_latency_ms: float | None = None
-    imgsz: tuple[int, ...] = ()  # empty: the trained size and three smaller, 64 pixels apart
+    imgsz: tuple[int, ...] = ()  # empty: the trained size and three smaller, 64 pixels apart, then smaller ones while
+    # the best lies at the smallest size tried
     prune: tuple[float, ...] = (0.0, 0.25, 0.4)  # fractions of FLOPs removed (the pipeline's allocation)
     precision: tuple[str, ...] = ()  # empty: the target's fastest (int8 where it runs INT8)
     rungs: tuple[int, ...] = (5, 30)  # fine-tuning ceilings in epochs, one per rung
@@ -58,8 +62,8 @@ class SearchConfig:
 
     def sizes(self, trained: int) -> tuple[int, ...]:
         """The image sizes to try, largest first."""
-        return tuple(sorted(set(self.imgsz), reverse=True)) or tuple(s for s in range(trained, trained - 256, -64)
-                                                                     if s >= 64)
+        return tuple(sorted(set(self.imgsz), reverse=True)) or tuple(
+            s for s in range(trained, trained - 4 * SIZE_STEP, -SIZE_STEP) if s >= MIN_SIZE)
 
 
 def parse_budget(text: str) -> dict[str, float | int]:

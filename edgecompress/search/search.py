@@ -6,7 +6,8 @@ Rung 0 measures every candidate (image size x pruning amount x precision) withou
 rung, the candidates that can still win (pruned, or unpruned below the trained size) are fine-tuned until recovered,
 each rung with a higher ceiling of epochs, continuing from the model the rung below made; a candidate goes on only
 while its fine-tuning ended at the ceiling (still rising) short of the goal, and only the better `keep` fraction of
-those does. What it tried and why it stopped is in search.json and search.md.
+those does. Where the space's sizes are the default ones and the best lies at the smallest, the next size down goes
+through the same rungs. What it tried and why it stopped is in search.json and search.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from edgecompress.device.bench import BENCH_IMAGES
 from edgecompress.errors import UserError
 from edgecompress.pipeline.cache import OutputFolder
 from edgecompress.recipe import Recipe
-from edgecompress.search.config import SearchConfig
+from edgecompress.search.config import MIN_SIZE, SIZE_STEP, SearchConfig
 from edgecompress.search.references import has_references
 from edgecompress.search.trials import Job, Trial, executor, finished
 from edgecompress.targets import get_target
@@ -137,15 +138,15 @@ class State:
         progress.note(line)
 
 
-def candidates(recipe: Recipe, config: SearchConfig) -> list[dict[str, Any]]:
-    """Every image size x pruning amount x precision, cheapest to measure first (no pruning)."""
+def candidates(recipe: Recipe, config: SearchConfig, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Every image size of `sizes` x pruning amount x precision, cheapest to measure first (no pruning)."""
     target = get_target(recipe.target)
     precisions = config.precision or (target.precisions[0],)
     if wrong := [p for p in precisions if p not in target.precisions]:
         raise UserError(f"target '{target.name}' runs {', '.join(target.precisions)}, not {', '.join(wrong)}; "
                         f"set search.precision to some of those")
     return [{"imgsz": size, "prune": amount, "precision": precision} for amount in sorted(config.prune)
-            for size in config.sizes(recipe.imgsz) for precision in precisions]
+            for size in sizes for precision in precisions]
 
 
 def trial_recipe(recipe: Recipe, candidate: dict[str, Any], finetune: dict[str, Any]) -> dict[str, Any]:
@@ -199,10 +200,24 @@ class Search:
                   f"{self.recipe.imgsz} px: mAP50-95 {reference.map:.4f}, p50 {reference.latency:.1f} ms; "
                   + (f"goal: the most accurate under {config.max_latency_ms} ms" if config.max_latency_ms else
                      f"goal: the fastest with mAP50-95 >= {goal:.4f} ({config.max_map_drop} points)"))
+        sizes, ended = config.sizes(self.recipe.imgsz), ""
+        while sizes:
+            ended = self.ladder(candidates(self.recipe, config, sizes), goal)
+            sizes = () if state.stop else _smaller(state, goal, config)
+        state.stop = state.stop or ended
+        state.say(f"stopped: {state.stop}")
+        self.confirm(goal, reference)
+        return self.publish(reference, goal, _choose(state, goal, config))
+
+    def ladder(self, candidates: list[dict[str, Any]], goal: float) -> str:
+        """Rung 0 for `candidates`, then the rungs of fine-tuning; why it ended."""
+        config, state = self.config, self.state
         rung0 = self.trials([Trial("candidate", trial_recipe(self.recipe, c, {"epochs": 0}), 0, tuple(c.items()))
-                             for c in candidates(self.recipe, config)], "rung 0: every candidate, no fine-tuning")
-        if rung0:  # the later rungs' choices rest on these latencies, so they are taken side by side
-            self.retime(rung0, "rung 0's candidates")
+                             for c in candidates], "rung 0: every candidate, no fine-tuning")
+        if rung0:  # the later rungs' choices rest on these latencies, so they are taken side by side, with the best
+            best = _choose(state, goal, config)  # so far (of a larger size's ladder), which they must beat
+            earlier = [best] if best and all(best is not r for r in rung0) else []
+            self.retime([*rung0, *earlier], "rung 0's candidates")
         contenders = _contenders(rung0, state, goal, config, self.recipe.imgsz)
         rounds: dict[str, list[dict[str, Any]]] = {}  # by trial id: the finetune sections it ran, rung by rung
         for rung, (below, ceiling) in enumerate(zip((0, *config.rungs), config.rungs), 1):
@@ -219,10 +234,7 @@ class Search:
             tuned = self.trials(trials, f"rung {rung}: fine-tune at most {ceiling} epochs",
                                 lambda trial: _can_win(before[trial.id], state, goal, config))
             contenders = _contenders(tuned, state, goal, config, self.recipe.imgsz, keep=config.keep)
-        state.stop = state.stop or ("no candidate can still win" if not contenders else "every rung is spent")
-        state.say(f"stopped: {state.stop}")
-        self.confirm(goal, reference)
-        return self.publish(reference, goal, _choose(state, goal, config))
+        return "no candidate can still win" if not contenders else "every rung is spent"
 
     def confirm(self, goal: float, reference: Result) -> None:
         """Time the finalists again with the reference and Ultralytics' exports, taking turns, and choose on those
@@ -393,6 +405,26 @@ def _within(result: Result, goal: float, config: SearchConfig) -> float:
         return 0.0
     conversion = result.torch_map - result.map
     return round(100 * (result.baseline_map - goal - conversion), 3)
+
+
+def _smaller(state: State, goal: float, config: SearchConfig) -> tuple[int, ...]:
+    """The next image size to try below those tried, where the default space's best lies at its edge: within an
+    accuracy budget, while the fastest within it is at the smallest size tried; under a latency, while nothing is
+    under it. () where the recipe lists its sizes, or the edge is not reached."""
+    results = [r for r in state.results.values() if r.raw["kind"] == "candidate"]
+    smallest, best = min(r.candidate["imgsz"] for r in results), _choose(state, goal, config)
+    if config.imgsz or smallest - SIZE_STEP < MIN_SIZE:
+        return ()
+    if config.max_latency_ms:
+        if best:
+            return ()
+        why = f"no candidate is under {config.max_latency_ms} ms"
+    elif best and best.candidate["imgsz"] == smallest:
+        why = f"the fastest within the goal is at the smallest size tried ({_name(best.candidate)})"
+    else:
+        return ()
+    state.say(f"{why}: trying {smallest - SIZE_STEP} px too")
+    return (smallest - SIZE_STEP,)
 
 
 def _name(candidate: dict[str, Any]) -> str:
