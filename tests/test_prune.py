@@ -170,3 +170,16 @@ def test_sensitivity_is_measured_plotted_and_drives_the_allocation(demo, tmp_pat
     kept = {name: after / before for name, (before, after) in info["steps"][0]["groups"].items()}
     most, least = max(drops, key=drops.get), min(drops, key=drops.get)
     assert drops[most] == drops[least] or kept[most] >= kept[least]  # the costlier group keeps more channels
+
+
+def test_importance_batches_are_the_same_in_every_process(demo):
+    """Ultralytics seeds its shuffle from torch's per-process seed: unseeded, two runs pruned two different models."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from edgecompress.yolo import patches; patches.apply(); "
+              "from edgecompress.yolo.data import Dataset; "
+              "print([b['im_file'] for b in Dataset.check(sys.argv[1], 1).train_batches(64, 2, batch=4)])")
+    first, second = (subprocess.run([sys.executable, "-c", script, str(demo[1])], capture_output=True, text=True,
+                                    check=True).stdout.splitlines()[-1] for _ in range(2))
+    assert first == second and first.count(".jpg") == 8

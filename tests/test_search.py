@@ -189,3 +189,4 @@ def test_a_candidate_short_of_the_goal_is_fine_tuned_further_from_where_the_rung
     stages = {s["stage"]: s["reused"] for s in manifest["stages"]}
     assert stages["finetune"] and not stages["finetune-2"]  # rung 1's fine-tuning reused, then one more round
     assert rungs[2]["epochs"] == rungs[1]["epochs"] + 1
+    assert len({t["p50_ms"] for t in result["trials"]}) == 1  # one network's shapes: one latency for all its versions

@@ -245,21 +245,28 @@ class Search:
                           key=lambda r: -r.map)
         else:  # those within the budget, fastest first
             near = sorted((r for r in results if r.map >= goal), key=lambda r: r.latency)
-        if finalists := near[:CONFIRM]:
+        distinct: dict[str, Result] = {}  # one result per candidate: its fine-tuned versions share its shapes
+        for r in near:
+            distinct.setdefault(_name(r.candidate), r)
+        if finalists := list(distinct.values())[:CONFIRM]:
             self.retime([*finalists, reference], "finalists", ultralytics=True)
 
     def retime(self, results: list[Result], what: str, ultralytics: bool = False) -> None:
         """Time `results` again end to end, taking turns in this process (with Ultralytics' exports, where asked), and
         keep those times. Each trial timed its artifact alone, at its own moment: on a machine that other work shares,
-        minutes apart, that moves latency by more than the gaps between candidates."""
+        minutes apart, that moves latency by more than the gaps between candidates. One artifact is timed per
+        candidate (its fine-tuned versions have its shapes), and every result of that candidate takes its time."""
         import itertools
 
         from edgecompress.device.detector import Detector
         from edgecompress.device.runtime import RUNTIMES
         from edgecompress.device.timing import interleaved
 
-        rows = {r.id: r.final for r in results} | ({s["name"]: s for s in _ultralytics_rows(self.state)}
-                                                   if ultralytics else {})
+        shapes: dict[str, Result] = {}
+        for r in results:
+            shapes.setdefault(_name(r.candidate), r)
+        rows = {key: r.final for key, r in shapes.items()} | (
+            {s["name"]: s for s in _ultralytics_rows(self.state)} if ultralytics else {})
         frames = self.frames
         steps = {}
         for key, row in rows.items():
@@ -269,14 +276,14 @@ class Search:
             steps[key] = lambda detect=detect, cycle=cycle: detect(next(cycle))
         with progress.task(f"timing the {what}, taking turns", total=None):
             times = {key: round(statistics.median(t), 3) for key, t in interleaved(steps, TURNS).items()}
-        before = {r.id: r.latency for r in results}
-        for r in results:
-            r.retimed = times.pop(r.id)
+        line = [f"{key} {times[key]:.1f} ms (before: {r.latency:.1f})" for key, r in shapes.items()]
+        for r in self.state.results.values():
+            if r.raw["kind"] != "ultralytics" and (key := _name(r.candidate)) in shapes:
+                r.retimed = times[key]
         if ultralytics:
-            self.state.ultralytics_retimed = times
+            self.state.ultralytics_retimed = {name: ms for name, ms in times.items() if name not in shapes}
         self.state.say(f"{what} timed again taking turns, end-to-end p50: " + ", ".join(
-            [f"{_name(r.candidate)} {r.retimed:.1f} ms (before: {before[r.id]:.1f})" for r in results]
-            + [f"{name} {ms:.1f} ms" for name, ms in times.items()]))
+            line + [f"{name} {ms:.1f} ms" for name, ms in times.items() if name not in shapes]))
 
     @functools.cached_property
     def frames(self) -> list[Any]:

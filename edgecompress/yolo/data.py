@@ -110,14 +110,19 @@ class Dataset:
         subset.write_text(yaml.safe_dump({"train": str(listing), "val": str(listing), "names": self.names}))
         return subset
 
-    def train_batches(self, imgsz: int, count: int, batch: int = 8) -> Iterator[dict[str, Any]]:
-        """`count` preprocessed, un-augmented batches of the train split (for importance scoring)."""
+    def train_batches(self, imgsz: int, count: int, batch: int = 8, seed: int = 0) -> Iterator[dict[str, Any]]:
+        """`count` preprocessed, un-augmented batches of the train split (for importance scoring), the same ones in
+        every process: Ultralytics seeds its shuffle from torch's initial seed, which differs per process unless set,
+        and a different sample prunes a different model."""
+        import torch
         from ultralytics.cfg import get_cfg
         from ultralytics.data import build_dataloader, build_yolo_dataset
 
         cfg = get_cfg(overrides={"imgsz": imgsz, "data": str(self.yaml)})
         dataset = build_yolo_dataset(cfg, self.info["train"], batch, self.info, mode="val", stride=32)
-        loader = build_dataloader(dataset, batch, workers=0, shuffle=True)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(seed)
+            loader = build_dataloader(dataset, batch, workers=0, shuffle=True)
         for i, b in enumerate(loader):
             if i >= count:
                 return
