@@ -11,6 +11,9 @@ import numpy as np
 from edgecompress.config import require
 
 
+SWITCH, TIMED = 1, 4  # interleaved(): untimed calls after a switch of artifact, then timed ones, per turn
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """How latency is timed: warm-up runs, then up to `runs` timed runs or `max_seconds`, whichever ends first."""
@@ -54,18 +57,25 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
 
 
 def interleaved(steps: Mapping[str, Callable[[], object]], turns: int, warmup: int = 10) -> dict[str, list[float]]:
-    """Milliseconds of each of `turns` calls of every step, the steps taking turns (the order reversed every
-    other turn), so that the slow drifts of a shared machine hit each one alike. This is how every ratio of two
-    artifacts' latencies is timed: fresh processes per artifact moved gaps of 3-4% between rounds, turns at every
-    inference repeat them within about half a percent (BENCHMARKS.md, x86)."""
+    """Milliseconds of about `turns` calls of every step, the steps taking turns (the order reversed every other
+    turn), so that the slow drifts of a shared machine hit each one alike. This is how every ratio of two
+    artifacts' latencies is timed: fresh processes per artifact moved gaps of 3-4% between rounds, turns repeat them
+    within about half a percent (BENCHMARKS.md, x86).
+
+    In its turn a step runs `SWITCH + TIMED` times in a row and only the last `TIMED` are timed: the first call after
+    a switch pays for the caches the other steps evicted, which a device running one model never does. Timed on the
+    call right after the switch, a small INT8 network taking turns with FP32 ones read 10-20% slower than beside
+    its peers alone (BENCHMARKS.md, "compress search")."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     order = list(steps)
-    for turn in range(turns):
+    for turn in range(-(-turns // TIMED)):
         for name in order if turn % 2 == 0 else reversed(order):
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            for call in range(SWITCH + TIMED):
+                start = time.perf_counter()
+                steps[name]()
+                if call >= SWITCH:
+                    times[name].append((time.perf_counter() - start) * 1e3)
     return times

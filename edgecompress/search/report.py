@@ -86,7 +86,11 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"{len(result['trials'])} candidates measured, {result['trials_run']} trials run here "
               f"({result['executor']}), {result['seconds'] / 60:.1f} minutes; stopped: {result['stopped']}.", "",
               f"![mAP50-95 against latency]({PLOT})", "",
-              "| | imgsz | pruned | precision | rung | epochs | mAP50-95 | p50 ms | inference p50 ms | GFLOPs | MB |",
+              "p50: the frame to detections, timed taking turns with the other candidates; network: its network "
+              "alone, timed by its own trial at its own moment (on a shared machine, not comparable across "
+              "trials).", "",
+              "| | imgsz | pruned | precision | rung | epochs | mAP50-95 | p50 ms | network p50 ms (alone) | GFLOPs "
+              "| MB |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in trials:
         mark = "**chosen**" if chosen and t["id"] == chosen["id"] else "front" if t["id"] in front else ""
@@ -96,7 +100,7 @@ def markdown(result: dict[str, Any]) -> str:
     if result["ultralytics"]:
         turns = " (p50 timed taking turns with the finalists)" if result["ultralytics"][0]["retimed"] else ""
         lines += ["", f"Ultralytics' own exports at the trained size, measured the same way{turns}:", "",
-                  "| export | mAP50-95 | p50 ms | inference p50 ms |", "|---|---|---|---|"]
+                  "| export | mAP50-95 | p50 ms | network p50 ms (alone) |", "|---|---|---|---|"]
         lines += [f"| {u['name']} | {u['map50_95']:.4f} | {u['p50_ms']:.1f} | {u['inference_p50_ms']:.1f} |"
                   for u in result["ultralytics"]]
     lines += ["", "What the search did:", "", *[f"- {line}" for line in result["log"]], ""]
