@@ -63,8 +63,8 @@ def evaluator(data: Path, imgsz: int = 640, device: str = "cpu"):
 
 def time_interleaved(artifacts: dict[str, tuple[Path, str]], runs: int = 400,
                      imgsz: int = 640) -> dict[str, dict[str, float]]:
-    """p50/p90/p99 of each artifact's inference latency, all loaded in this one process and taking turns at every
-    inference (edgecompress.device.timing.interleaved, the timer the product chooses candidates with)."""
+    """p50/p90/p99 of each artifact's inference latency, all loaded in this one process and taking turns
+    (edgecompress.device.timing.interleaved, the timer the product chooses candidates with)."""
     sessions = {name: RUNTIMES[runtime].load(path, shared=True) for name, (path, runtime) in artifacts.items()}
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     times = interleaved({name: (lambda s=s: s.infer(x)) for name, s in sessions.items()}, runs)

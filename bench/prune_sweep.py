@@ -217,7 +217,7 @@ def iterative(criterion: str, schedule: str, imgsz: int, out: Path, device: str,
 
 
 def measure_latency(results: list[dict], imgsz: int, out: Path) -> None:
-    """OpenVINO FP32 p50 of every model, taking turns at every inference (so load from other work hits all alike)."""
+    """OpenVINO FP32 p50 of every model, taking turns (so load from other work hits all alike)."""
     artifacts = {}
     for i, r in enumerate(results):
         folder = out / "latency" / Path(r["checkpoint"]).parent.name / Path(r["checkpoint"]).stem

@@ -98,7 +98,7 @@ def run(name: str, out: Path, targets: list[str], quantizers: list[str], pruned:
         record(key, {"runtime": runtime, "artifact": str(path),
                      "map50_95": evaluate(path, folder / "val")["map50_95"],
                      "fp32": "ov_fp32" if runtime == "openvino" else "ort_fp32"})
-    # all artifacts timed at the end, taking turns at every inference, so that each ratio is measured side by side
+    # all artifacts timed at the end, taking turns, so that each ratio is measured side by side
     timing = time_interleaved({key: (Path(row["artifact"]), row["runtime"]) for key, row in rows.items()})
     for key, row in rows.items():
         row["latency_ms"] = timing[key]["p50_ms"]

@@ -1,5 +1,5 @@
 """Time artifacts side by side again, when a machine was too noisy the first time: all artifacts loaded in one
-process, taking turns at every inference (the product's timer, edgecompress.device.timing.interleaved).
+process, taking turns (the product's timer, edgecompress.device.timing.interleaved).
 
     python bench/retime.py --turns 400 ours=PATH:openvino ultralytics=PATH:openvino
 """

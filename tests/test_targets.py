@@ -108,3 +108,33 @@ def test_engine_header_is_the_one_ultralytics_reads(tmp_path: Path) -> None:
     assert read_engine(tmp_path / "m.engine") == (metadata, plan)
     (tmp_path / "m.plan").write_bytes(plan)
     assert read_engine(tmp_path / "m.plan") == ({}, plan)
+
+
+def test_onnxruntime_targets_take_the_dfl_softmax_on_the_last_axis_with_the_same_outputs(demo, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+    import onnx
+
+    from edgecompress.calibration.graph import dfl_softmax_last_axis
+    from edgecompress.recipe import Recipe
+    from edgecompress.yolo.model import export_onnx, load_model
+
+    exported = export_onnx(load_model(demo[0]), 64, tmp_path / "export", "model")
+    rewritten = shutil.copy2(exported, tmp_path / "last-axis.onnx")
+    assert dfl_softmax_last_axis(rewritten)
+    ops = {n.op_type: n for n in onnx.load(str(rewritten)).graph.node if "/dfl/" in n.name}
+    assert "Conv" not in ops and "MatMul" in ops and ops["Softmax"].attribute[0].i == -1
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    before, after = (RUNTIMES["onnxruntime"].load(p).infer(x)[0] for p in (exported, rewritten))
+    assert np.allclose(before, after, atol=1e-5)
+    plain = tmp_path / "plain.onnx"  # no DFL (as YOLO26's head): left as it is
+    info = onnx.helper.make_tensor_value_info
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Softmax", ["x"], ["y"], axis=1)], "plain", [info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [info("y", onnx.TensorProto.FLOAT, [1, 4])])), str(plain))
+    written = plain.read_bytes()
+    assert not dfl_softmax_last_axis(plain) and plain.read_bytes() == written
+    recipe = Recipe.from_dict({"model": str(demo[0]), "data": str(demo[1])})
+    exports = {name: get_target(name).deploy(get_target(name).preset(recipe))[0] for name in ("onnx", "arm", "x86")}
+    assert {name: stage.dfl_last_axis for name, stage in exports.items()} == {"onnx": True, "arm": True, "x86": False}

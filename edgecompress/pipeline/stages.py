@@ -126,21 +126,25 @@ class Export(ModelStage):
     facts = ("imgsz",)
     disk = 1.0
 
-    def __init__(self, fmt: str, runtime: str, precision: str, **options: Any) -> None:
+    def __init__(self, fmt: str, runtime: str, precision: str, dfl_last_axis: bool = False, **options: Any) -> None:
         self.fmt, self.runtime, self.precision, self.options = fmt, runtime, precision, options
+        self.dfl_last_axis = dfl_last_axis  # the DFL's softmax on the last axis (dfl_softmax_last_axis), for ORT
         self.name = "export" if fmt == "onnx" else f"export-{fmt}-{precision}"
         self.output_name = f"{fmt}-{precision}"
         self.source_kind = "onnx" if fmt == "onnx" else None
 
     def settings(self) -> Any:
-        return {"format": self.fmt, "precision": self.precision, **self.options}
+        return {"format": self.fmt, "precision": self.precision, **self.options,
+                **({"dfl": "last-axis"} if self.dfl_last_axis else {})}
 
     def run(self, parent: Artifact | None, folder: Path, run: Run) -> dict[str, Any]:
+        from edgecompress.calibration.graph import dfl_softmax_last_axis
         from edgecompress.yolo.model import export, load_model
 
         model = load_model(parent.sources["torch"], run.trust)
         path = export(model, self.fmt, run.recipe.imgsz, folder, "model", **self.options)
-        return {"artifact": path.name}
+        return {"artifact": path.name, **({"dfl_last_axis": dfl_softmax_last_axis(path)} if self.dfl_last_axis
+                                          else {})}
 
 
 class Convert(ModelStage):

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from edgecompress.yolo.model import Evaluator
 
 SENSITIVITY_IMAGES = 8  # enough to rank layers by the signal they lose; the ranking only orders the fallback
-# Choosing between candidates that both hold the budget: the candidates take turns at every inference (the one
+# Choosing between candidates that both hold the budget: the candidates take turns (the one
 # turn-taking timer), so that a shared machine's noise hits both alike. Their networks alone are timed: the frame's
 # processing (edgecompress.targets.frame) is the same for both, so the faster network is the faster end to end.
 CHOICE_TURNS = 60

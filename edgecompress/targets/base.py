@@ -112,8 +112,9 @@ class Target:
         wrapped with the frame's processing (`frame`) where the recipe puts any inside."""
         from edgecompress.pipeline import stages
 
-        return [stages.Export("onnx", "onnxruntime", "fp32", simplify=True), *stages.int8(self, recipe),
-                *stages.frame(self, recipe)]
+        dfl = self.runtime == "onnxruntime"  # the ONNX is its artifact: the decode's softmax in onnxruntime's layout
+        export = stages.Export("onnx", "onnxruntime", "fp32", simplify=True, dfl_last_axis=dfl)
+        return [export, *stages.int8(self, recipe), *stages.frame(self, recipe)]
 
     # --------------------------------------------------------------------------- what its stages call
 
