@@ -31,7 +31,7 @@ SENSITIVITY_IMAGES = 8  # enough to rank layers by the signal they lose; the ran
 # Choosing between candidates that both hold the budget: the candidates take turns (the one
 # turn-taking timer), so that a shared machine's noise hits both alike. Their networks alone are timed: the frame's
 # processing (edgecompress.targets.frame) is the same for both, so the faster network is the faster end to end.
-CHOICE_TURNS = 60
+CHOICE_TURNS = 48  # timed calls of each (60 with the untimed ones after each switch)
 # Candidates both within the budget and this close in latency (relative) run alike: the more accurate is kept.
 # With the same placement the two x86 quantizers time within 1% of each other, where this machine's timings move
 # by a few percent between rounds (BENCHMARKS.md, "x86 QDQ with NNCF's whole placement").
