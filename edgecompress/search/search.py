@@ -216,8 +216,7 @@ class Search:
                              for c in candidates], "rung 0: every candidate, no fine-tuning")
         if rung0:  # the later rungs' choices rest on these latencies, so they are taken side by side, with the best
             best = _choose(state, goal, config)  # so far (of a larger size's ladder), which they must beat
-            earlier = [best] if best and all(best is not r for r in rung0) else []
-            self.retime([*rung0, *earlier], "rung 0's candidates")
+            self.retime([*rung0, *([best] if best else [])], "rung 0's candidates")
         contenders = _contenders(rung0, state, goal, config, self.recipe.imgsz)
         rounds: dict[str, list[dict[str, Any]]] = {}  # by trial id: the finetune sections it ran, rung by rung
         for rung, (below, ceiling) in enumerate(zip((0, *config.rungs), config.rungs), 1):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from functools import cached_property
+from functools import cached_property, lru_cache
 from itertools import repeat
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -97,7 +97,7 @@ class Dataset:
                 images = self.images(split)
                 files += [*images, *map(Path, img2label_paths([str(i) for i in images]))]
         with ThreadPool(NUM_THREADS) as pool:  # hashlib releases the GIL
-            hashes = pool.map(lambda p: file_digest(p) if p.exists() else "", files)
+            hashes = pool.map(_content_digest, files)
         return digest({"yaml": self.yaml.read_text(), "files": [(str(p), h) for p, h in zip(files, hashes)]})
 
     def subset(self, split: str, count: int, folder: Path) -> Path:
@@ -254,3 +254,15 @@ def _split_images(info: dict[str, Any], split: str) -> list[Path]:
         raise UserError(f"the dataset has no '{split}' split; add '{split}: images/{split}' to its YAML")
     return list_images([Path(e) for e in (entries if isinstance(entries, list) else [entries])],
                        f"the dataset's '{split}' split")
+
+
+def _content_digest(path: Path) -> str:
+    """A file's content hash ("" where it is missing), hashed once per process while its size and mtime stay: every
+    trial of a search checks the same dataset."""
+    stat = path.stat() if path.exists() else None
+    return _hashed(str(path), stat.st_size, stat.st_mtime_ns) if stat else ""
+
+
+@lru_cache(maxsize=None)
+def _hashed(path: str, _size: int, _mtime_ns: int) -> str:
+    return file_digest(Path(path))
