@@ -18,6 +18,7 @@ device feeds them (Evaluator.frames), at the eval thresholds (conf 0.001). Run i
 
     YOLO_OFFLINE=1 .venv/bin/python bench/frame_compare.py --out bench/results/frame
     # smoke test (the embedded demo, tiny): --models demo --imgsz 160 --turns 20 --targets onnx x86
+    # accuracy only (the same runs, reused from --out): --turns 0
 
 Writes <out>/results.json and prints the tables for BENCHMARKS.md.
 """
@@ -94,8 +95,8 @@ def measure(name: str, target_name: str, imgsz: int, turns: int, out: Path) -> d
         return step
 
     steps = {"inference": lambda: sessions["host"].infer(x), **{label: end_to_end(label) for label in sessions}}
-    times = interleaved(steps, turns)
-    base = float(np.median(times["inference"]))
+    times = interleaved(steps, turns) if turns else {}
+    base = float(np.median(times["inference"])) if times else 1.0
     timing = {label: {**percentiles(t), "over_inference": round(float(np.median(t)) / base, 3)}
               for label, t in times.items()}
     return {"model": name, "target": target_name, "runtime": runtime, "imgsz": imgsz, "turns": turns,
@@ -111,11 +112,12 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         default = f"{r['default']['input']}+nms" if r["default"]["nms"] else None
-        for label, t in r["timing"].items():
+        for label in ("inference", "host", *(f"{inp}+nms" for inp in INPUTS)):
             shown = f"**{label}** (default)" if label == default else label
-            acc = r["map50_95"].get(label)
-            lines.append(f"| {r['model']} | {r['target']} | {r['imgsz']} | {shown} | {t['p50_ms']:.2f} "
-                         f"| {t['p90_ms']:.2f} | {t['over_inference']:.2f} | {'' if acc is None else f'{acc:.4f}'} |")
+            t, acc = r["timing"].get(label), r["map50_95"].get(label)
+            times = f"{t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['over_inference']:.2f}" if t else " | | "
+            lines.append(f"| {r['model']} | {r['target']} | {r['imgsz']} | {shown} | {times} "
+                         f"| {'' if acc is None else f'{acc:.4f}'} |")
         lines.append(f"| | | | network, Ultralytics' validator | | | | {r['map50_95']['validator']:.4f} |")
     return "\n".join(lines)
 
@@ -125,7 +127,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["yolov8n-bccd", "yolo11n-bccd"], choices=[*MODELS, "demo"])
     ap.add_argument("--targets", nargs="+", default=["x86", "onnx"])
     ap.add_argument("--imgsz", nargs="+", type=int, default=[640, 448])
-    ap.add_argument("--turns", type=int, default=300, help="calls of each path, taking turns")
+    ap.add_argument("--turns", type=int, default=300,
+                    help="calls of each path, taking turns; 0: accuracy only, no timing")
     ap.add_argument("--out", type=Path, default=Path("bench/results/frame"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +137,7 @@ def main() -> None:
         for target in args.targets:
             for imgsz in args.imgsz:
                 results.append(measure(name, target, imgsz, args.turns, args.out.resolve()))
-                print(json.dumps(results[-1]["timing"]), flush=True)
+                print(json.dumps({k: results[-1][k] for k in ("timing", "map50_95")}), flush=True)
                 (args.out / "results.json").write_text(json.dumps({"host": host_info(), "results": results},
                                                                   indent=1))
     print(table(results))

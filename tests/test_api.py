@@ -19,12 +19,12 @@ def test_compress_returns_the_report_and_reports_progress_when_asked(tmp_path: P
         report = compress(*demo, out=tmp_path / "out", imgsz=96, quant={"mode": "none"},
                           bench={"warmup": 1, "runs": 3, "max_seconds": 5.0})
     assert report.data == json.loads((tmp_path / "out" / "report.json").read_text())
-    assert [s["name"] for s in report.stages] == ["baseline", "onnx-fp32", "onnx-fp32-frame"]
+    assert [s["name"] for s in report.stages] == ["baseline", "onnx-fp32", "onnx-fp32-letterboxed"]
     assert report.final.is_file() and report.final.name.endswith("_frame.onnx") and report.passed
     assert report.network == report.final.with_name(report.final.name.replace("_frame", ""))
     assert report.network.is_file()
     assert report.stage("onnx-fp32")["accuracy"]["map50_95"] == report.stages[1]["accuracy"]["map50_95"]
-    with pytest.raises(KeyError, match="has baseline, onnx-fp32, onnx-fp32-frame"):
+    with pytest.raises(KeyError, match="has baseline, onnx-fp32, onnx-fp32-letterboxed"):
         report.stage("openvino-int8")
     assert "[export] done in" in shown.getvalue()
     assert (tmp_path / "out" / "compress.log").read_text()

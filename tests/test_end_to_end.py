@@ -149,7 +149,7 @@ def test_run_killed_during_export_resumes(tmp_path: Path, fast_recipe) -> None:
     assert "[load] reused" in resumed.stderr and "[export] done in" in resumed.stderr
     assert not list((out / "stages").glob(".tmp-*"))
     report = json.loads((out / "report.json").read_text())
-    assert [s["name"] for s in report["stages"]] == ["baseline", "onnx-fp32", "onnx-fp32-frame"]
+    assert [s["name"] for s in report["stages"]] == ["baseline", "onnx-fp32", "onnx-fp32-letterboxed"]
 
 
 def test_second_concurrent_run_is_refused(tmp_path: Path, fast_recipe, capsys) -> None:
@@ -176,7 +176,8 @@ def test_prune_finetune_and_qat_run_as_one_chain(tmp_path: Path, fast_recipe) ->
     assert main(["--recipe", str(recipe), "--prune", "0.2", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     names = [s["name"] for s in report["stages"]]
-    assert names == ["baseline", "prune", "finetune", "onnx-fp32", "onnxruntime-int8", "onnxruntime-int8-frame"]
+    assert names == ["baseline", "prune", "finetune", "onnx-fp32", "onnxruntime-int8",
+                     "onnxruntime-int8-letterboxed"]
     baseline, pruned, finetuned, fp32, int8, _ = report["stages"]
     assert pruned["gflops"] < 0.85 * baseline["gflops"] and pruned["parameters"] < baseline["parameters"]
     assert finetuned["gflops"] == pruned["gflops"] == fp32["gflops"]  # no grow-back through training and export

@@ -26,8 +26,10 @@ DEPLOYED = Thresholds()  # Ultralytics' predict defaults
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression over xyxy boxes, best first, at most `max_det`."""
-    order = scores.argsort()[::-1]
+    """Indices kept by greedy non-maximum suppression over xyxy boxes, best first, at most `max_det`. Equal scores
+    (INT8 heads give many) go in index order, as onnxruntime's and OpenVINO's NonMaxSuppression take them, so the
+    host and an artifact with NMS inside keep the same boxes."""
+    order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
     while order.size and len(keep) < max_det:

@@ -56,8 +56,8 @@ class Target:
     channel_multiple: int = 1  # pruning keeps channel counts a multiple of this (prune.round_to)
     imgsz: int = 640  # default square input size of `compress bench` on an artifact with a dynamic shape
     batch: int = 1
-    # where its deployed artifact starts (frame.input: target): `frame`, all inside, where the runtime letterboxes
-    # as fast as OpenCV (edgecompress.targets.frame; BENCHMARKS.md, "The whole frame")
+    # where its deployed artifact starts (frame.input: target), chosen per runtime by measuring latency and accuracy
+    # (edgecompress.targets.frame; BENCHMARKS.md, "The whole frame"); `frame`: all inside
     frame_input: str = "frame"
 
     def __post_init__(self) -> None:
