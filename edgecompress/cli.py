@@ -125,9 +125,10 @@ def run(args: argparse.Namespace) -> int:
     final = report["final"]
     print(f"\nreport: {out / 'report.md'} (and report.json, compress.log); artifact: {out / final['artifact']}"
           + (f" (its network, which YOLO() loads: {out / final['network']})" if "network" in final else ""))
+    width = max(len(s["name"]) for s in report["stages"])
     for s in report["stages"]:
         acc, bench = s["accuracy"], s["benchmark"]
-        print(f"  {s['name']:<26} mAP50-95 {acc['map50_95']:.3f} ({change_points(s, report['stages']):+.2f})  "
+        print(f"  {s['name']:<{width}}  mAP50-95 {acc['map50_95']:.3f} ({change_points(s, report['stages']):+.2f})  "
               f"end to end p50 {bench['end_to_end']['p50_ms']:7.1f} ms  inference {bench['inference']['p50_ms']:7.1f} "
               f"ms  {bench['file_mb']:6.1f} MB")
     failed = [g for g in report["gates"] if not g["passed"]]
