@@ -99,7 +99,8 @@ def test_killed_in_the_middle_of_fine_tuning_resumes_without_redoing_pruning(tmp
     after = finished(out)
     assert {k: after[k] for k in pruned} == pruned
     report = json.loads((out / "report.json").read_text())
-    assert [s["name"] for s in report["stages"]] == ["baseline", "prune", "finetune", "onnx-fp32", "onnx-fp32-letterboxed"]
+    assert [s["name"] for s in report["stages"]] == ["baseline", "prune", "finetune", "onnx-fp32",
+                                                     "onnx-fp32-letterboxed"]
 
 
 def test_ctrl_c_ends_with_a_message_and_a_resumable_state(tmp_path: Path, fast_recipe) -> None:
