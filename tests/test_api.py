@@ -20,8 +20,8 @@ def test_compress_returns_the_report_and_reports_progress_when_asked(tmp_path: P
                           bench={"warmup": 1, "runs": 3, "max_seconds": 5.0})
     assert report.data == json.loads((tmp_path / "out" / "report.json").read_text())
     assert [s["name"] for s in report.stages] == ["baseline", "onnx-fp32", "onnx-fp32-letterboxed"]
-    assert report.final.is_file() and report.final.name.endswith("_frame.onnx") and report.passed
-    assert report.network == report.final.with_name(report.final.name.replace("_frame", ""))
+    assert report.final.is_file() and report.final.name.endswith("_letterboxed.onnx") and report.passed
+    assert report.network == report.final.with_name(report.final.name.replace("_letterboxed", ""))
     assert report.network.is_file()
     assert report.stage("onnx-fp32")["accuracy"]["map50_95"] == report.stages[1]["accuracy"]["map50_95"]
     with pytest.raises(KeyError, match="has baseline, onnx-fp32, onnx-fp32-letterboxed"):
